@@ -1,0 +1,149 @@
+"""`mevqa <command>`: parse, call, print. Work lives in the modules; this file only wires flags to them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+from mevqa import __version__
+from mevqa.config import INPUT_MODES, SAMPLINGS, FrameConfig, GenConfig
+from mevqa.errors import MevqaError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def cmd_ask(a: argparse.Namespace) -> int:
+    from mevqa.backends.base import VQARequest, load_backend
+    from mevqa.inputs import question_message
+    from mevqa.video import sample
+
+    cfg = FrameConfig(frames=a.frames, sampling=a.sampling, input=a.input, folder_fps=a.fps)
+    clip = sample(a.clip, cfg, a.onset, a.apex, a.offset)  # bad clips fail before a model is loaded
+    backend = load_backend(
+        a.backend, model=a.model, adapter=a.adapter, device=a.device, trust_remote_code=a.trust_remote_code
+    )
+    t0 = time.perf_counter()
+    (ans,) = backend.generate(
+        [VQARequest("ask", (question_message(clip, a.question, cfg),))],
+        GenConfig(max_new_tokens=a.max_new_tokens, batch_size=1),
+    )
+    if ans.error:
+        raise MevqaError(f"{a.clip} — the model failed on this clip: {ans.error}")
+    if a.json:
+        print(
+            json.dumps(
+                {
+                    "answer": ans.text,
+                    "model": a.model,
+                    "adapter": a.adapter,
+                    "frames": clip.indices,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
+        )
+    else:
+        print(ans.text)
+    return 0
+
+
+def cmd_models_tiny(a: argparse.Namespace) -> int:
+    from mevqa.models.tiny import build_tiny
+
+    print(build_tiny(a.family, a.out, seed=a.seed))
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", required=True, help="HF model directory or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct)"
+    )
+    p.add_argument("--adapter", help="PEFT LoRA adapter folder to apply on top of --model")
+    p.add_argument("--backend", default="transformers", help="inference backend (default: transformers)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (default: 32)")
+
+
+def _add_frame_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=8, help="frames for uniform sampling (default: 8)")
+    p.add_argument(
+        "--sampling", choices=SAMPLINGS, default="uniform", help="frame selection (default: uniform)"
+    )
+    p.add_argument(
+        "--input",
+        choices=INPUT_MODES,
+        default="frames",
+        help="frames: N images (default); video: one video part",
+    )
+    p.add_argument("--fps", type=float, default=200.0, help="frame rate of a frame folder (default: 200)")
+    for k in ("onset", "apex", "offset"):
+        p.add_argument(f"--{k}", type=int, help=f"{k} frame index for keyframes sampling")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mevqa", description="Micro-expression visual question answering.")
+    parser.add_argument("--version", action="version", version=f"mevqa {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "ask",
+        help="ask one question about one clip",
+        description="Sample frames from CLIP (video file or frame folder) and ask QUESTION.",
+    )
+    p.add_argument("clip", help="video file (mp4, avi, ...) or folder of frames (jpg/png/bmp)")
+    p.add_argument("question", help='e.g. "What is the coarse expression class?"')
+    _add_model_args(p)
+    _add_frame_args(p)
+    p.add_argument(
+        "--json", action="store_true", help="print answer, model, adapter, frames, seconds as JSON"
+    )
+    p.set_defaults(func=cmd_ask)
+
+    models = sub.add_parser("models", help="build offline checkpoints").add_subparsers(
+        dest="sub", required=True
+    )
+    p = models.add_parser("tiny", help="write a tiny random-weight VLM of a real architecture")
+    p.add_argument("--family", default="qwen2_5_vl", help="qwen2_5_vl (default) or idefics3")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="weight seed; same seed gives the same bytes")
+    p.set_defaults(func=cmd_models_tiny)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Library warnings go to logging (shown with -v); a user sees our answer or our one error line."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.captureWarnings(True)
+    warnings.simplefilter("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        return args.func(args)
+    except MevqaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Errors a user can fix. The CLI prints these as one line and exits 2; anything else is a bug."""
+
+
+class MevqaError(Exception):
+    """Base class: the message names the input and says what is wrong with it."""
+
+
+class InputError(MevqaError):
+    """A path, clip, data file or argument the user gave is missing or unreadable."""
+
+
+class ModelError(MevqaError):
+    """A model directory, processor or adapter cannot be used as asked."""
+
+
+class MissingDependency(MevqaError):
+    """An optional package (vllm, gradio, langchain, bitsandbytes) is needed but not installed."""

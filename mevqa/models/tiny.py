@@ -1,0 +1,253 @@
+"""Tiny offline checkpoints of real VLM architectures, for tests and the demo.
+
+No weights can be downloaded here, so we build ordinary Hugging Face directories ourselves: the real
+model class with small random weights, a byte-level BPE tokenizer trained locally with the family's
+special tokens, the family's real processor and its chat template. `AutoProcessor` and
+`AutoModelForImageTextToText.from_pretrained(DIR)` load them with no network, exactly as they load a
+real checkpoint; only the sizes differ. Same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
+
+from mevqa.errors import InputError
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("qwen2_5_vl", "idefics3")
+
+# Qwen2-VL / Qwen2.5-VL chat template (as published with the Instruct checkpoints).
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Idefics3 / SmolVLM chat template (as published with HuggingFaceTB/SmolVLM-Instruct).
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+QWEN_SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+IDEFICS3_SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+    *[f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)],
+]
+
+
+def _corpus() -> list[str]:
+    """Text the tokenizer learns from: the ME-VQA vocabulary plus plain English glue."""
+    from mevqa import prompts
+
+    words = [
+        *prompts.COARSE_LABELS,
+        *prompts.FINE_LABELS,
+        *prompts.AU_NAMES.values(),
+        "yes",
+        "no",
+        "left",
+        "right",
+    ]
+    lines = [*prompts.TEMPLATE_EXAMPLES, " ".join(words)]
+    lines += [
+        f"The action units present are: {a}. Therefore, the fine-grained expression class is {f}, "
+        f"and the coarse expression class is {c}."
+        for a, f, c in zip(prompts.AU_NAMES.values(), prompts.FINE_LABELS * 4, prompts.COARSE_LABELS * 9)
+    ]
+    lines += [
+        "You are a helpful assistant. Look at the face in these frames and answer the question.",
+        "System user assistant: the subject shows a brief facial movement between onset and offset.",
+        "Answer with one of the labels. The face, the eyes, the brows, the mouth and the nose move.",
+        "0 1 2 3 4 5 6 7 8 9 10 100 200 fps frame frames video image picture clip Picture Video",
+    ]
+    return lines * 4
+
+
+def train_tokenizer(special: list[str], vocab_size: int = 1200) -> Tokenizer:
+    """A byte-level BPE tokenizer (the scheme Qwen and SmolVLM use) trained on `_corpus()`."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return tok
+
+
+def _qwen_parts(seed: int) -> tuple[object, object, int]:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=train_tokenizer(QWEN_SPECIAL),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=4096,
+    )
+    ids = {t: fast.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    # 112 px frames -> 8x8 patches of 14 px -> 16 tokens per frame after the 2x2 merge.
+    pixels = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels, cap_pixels_per_frame=True),
+        tokenizer=fast,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(fast),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            fullatt_block_indexes=[1],
+            window_size=56,
+            tokens_per_second=2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    return config, processor, ids["<|im_end|>"]
+
+
+def _idefics3_parts(seed: int) -> tuple[object, object, int]:
+    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=train_tokenizer(IDEFICS3_SPECIAL),
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        model_max_length=4096,
+    )
+    ids = {t: fast.convert_tokens_to_ids(t) for t in IDEFICS3_SPECIAL}
+    side = 64  # one 64 px tile per frame, 8 px patches, pixel shuffle 2 -> 16 tokens per frame
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(
+            do_image_splitting=False,
+            size={"longest_edge": side},
+            max_image_size={"longest_edge": side},
+        ),
+        tokenizer=fast,
+        image_seq_len=16,
+        chat_template=IDEFICS3_CHAT_TEMPLATE,
+    )
+    config = Idefics3Config(
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(fast),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            bos_token_id=ids["<|im_start|>"],
+            eos_token_id=ids["<end_of_utterance>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=side,
+            patch_size=8,
+        ),
+        scale_factor=2,
+        image_token_id=ids["<image>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    return config, processor, ids["<end_of_utterance>"]
+
+
+BUILDERS: dict[str, Callable[[int], tuple[object, object, int]]] = {
+    "qwen2_5_vl": _qwen_parts,
+    "idefics3": _idefics3_parts,
+}
+
+
+def build_tiny(family: str, out: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight checkpoint of `family` to `out` and return the path.
+
+    The directory is written to a temporary sibling and renamed into place, so an interrupted build
+    never leaves a half-written checkpoint behind.
+    """
+    if family not in BUILDERS:
+        raise InputError(f"--family {family!r} — unknown family; choose one of {', '.join(FAMILIES)}")
+    out = Path(out)
+    config, processor, eos_id = BUILDERS[family](seed)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.eos_token_id = eos_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.chmod(0o755)
+    os.replace(tmp, out)
+    log.info(
+        "wrote tiny %s checkpoint (%d params) to %s", family, sum(p.numel() for p in model.parameters()), out
+    )
+    return out

@@ -1,0 +1,153 @@
+"""What the model is asked: one `Message` type rendered for HF processors and OpenAI servers,
+the MEGC question templates and the label sets.
+
+Every backend consumes the same `Message`, so a prompt cannot drift between transformers and vLLM.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import Image
+
+COARSE_LABELS = ("positive", "negative", "surprise")
+FINE_LABELS = ("happiness", "surprise", "disgust", "repression", "anger", "contempt", "fear", "sadness")
+FINE_TO_COARSE = {
+    "happiness": "positive",
+    "surprise": "surprise",
+    "disgust": "negative",
+    "repression": "negative",
+    "anger": "negative",
+    "contempt": "negative",
+    "fear": "negative",
+    "sadness": "negative",
+}
+# FACS number -> the name the MEGC files use (spelled as the files spell them).
+AU_NAMES = {
+    1: "inner brow raiser",
+    2: "outer brow raiser",
+    4: "brow lowerer",
+    5: "upper lid raiser",
+    6: "cheek raiser",
+    7: "lid tightener",
+    9: "nose wrinkler",
+    10: "upper lip raiser",
+    12: "lip corner puller",
+    14: "dimpler",
+    15: "lip corner depressor",
+    16: "lower lip depressor",
+    17: "chin raiser",
+    20: "lip stretcher",
+    21: "neck tightener",
+    23: "lip tightener",
+    24: "lip pressor",
+    25: "lips part",
+    26: "jaw drop",
+    31: "jaw clencher",
+    38: "nostril dilater",
+    39: "nostril compress",
+    43: "eye closure",
+    56: "tilt right",
+    61: "eyes left",
+}
+
+TEMPLATE_EXAMPLES = (
+    "What is the coarse expression class?",
+    "What is the fine-grained expression class?",
+    "What is the action unit?",
+    "What are the action units?",
+    "Is the action unit lip corner puller shown on the face?",
+    "Is the action unit brow lowerer located on the left or right face?",
+    "What is the action unit present, and based on it, what is the fine-grained expression and the "
+    "coarse expression class?",
+    "What are the action units present, and based on them, what is the fine-grained expression and the "
+    "coarse expression class?",
+)
+
+DEFAULT_SYSTEM = None  # the model's own chat template supplies its default system turn
+
+
+@dataclass(frozen=True)
+class VideoPart:
+    """Frames shown to the model as one video, with the frame rate the model should assume.
+
+    `fps` is what the processor turns into temporal position ids, not the camera's rate: Qwen2.5-VL
+    spaces time ids by `tokens_per_second * temporal_patch / fps`, so the 200 fps of ME cameras would
+    collapse every frame onto one time id. The input builder sets it (see `inputs.py`).
+    """
+
+    frames: tuple[Image.Image, ...]
+    fps: float
+
+
+Part = str | Image.Image | VideoPart
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn: a role and an ordered list of text, image and video parts."""
+
+    role: Literal["system", "user", "assistant"]
+    parts: tuple[Part, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def user(cls, *parts: Part) -> Message:
+        return cls("user", tuple(parts))
+
+    @classmethod
+    def assistant(cls, text: str) -> Message:
+        return cls("assistant", (text,))
+
+    def text(self) -> str:
+        return "".join(p for p in self.parts if isinstance(p, str))
+
+
+def to_hf(messages: list[Message]) -> tuple[list[dict], list[Image.Image], list[VideoPart]]:
+    """Render for `processor.apply_chat_template`; returns (chat, images, videos) in prompt order."""
+    chat, images, videos = [], [], []
+    for m in messages:
+        content = []
+        for p in m.parts:
+            if isinstance(p, str):
+                content.append({"type": "text", "text": p})
+            elif isinstance(p, VideoPart):
+                content.append({"type": "video"})
+                videos.append(p)
+            else:
+                content.append({"type": "image"})
+                images.append(p)
+        chat.append({"role": m.role, "content": content})
+    return chat, images, videos
+
+
+def image_data_url(image: Image.Image, fmt: str = "png", quality: int = 95) -> str:
+    """A base64 data URL; PNG by default because a micro-movement is as small as JPEG artefacts."""
+    buf = io.BytesIO()
+    fmt = fmt.lower()
+    if fmt in ("jpg", "jpeg"):
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
+        mime = "jpeg"
+    else:
+        image.save(buf, format="PNG")
+        mime = "png"
+    return f"data:image/{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def to_openai(messages: list[Message], image_format: str = "png") -> list[dict]:
+    """Render as OpenAI chat messages; a video is sent as its frames (what vLLM and others accept)."""
+    out = []
+    for m in messages:
+        content: list[dict] = []
+        for p in m.parts:
+            if isinstance(p, str):
+                content.append({"type": "text", "text": p})
+            else:
+                for frame in p.frames if isinstance(p, VideoPart) else (p,):
+                    content.append(
+                        {"type": "image_url", "image_url": {"url": image_data_url(frame, image_format)}}
+                    )
+        out.append({"role": m.role, "content": content})
+    return out

@@ -1,0 +1,218 @@
+"""Open a clip (a video file or a folder of frames) and read only the frames a selector picks.
+
+Selectors are pure functions of the clip length (and key frames), so they can be tested and reused
+without touching a decoder. Reading decodes only the selected frames: decord's `get_batch` for videos,
+and only the selected files for folders — a 200 fps clip has hundreds of frames and we need ~8.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mevqa.config import FrameConfig
+from mevqa.errors import InputError
+
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+FRAME_EXTS = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+# ---------------------------------------------------------------- pure index selectors
+def uniform(n_total: int, n: int, start: int = 0, stop: int | None = None) -> list[int]:
+    """`n` evenly spaced indices over [start, stop] (inclusive), both ends kept, no duplicates."""
+    stop = n_total - 1 if stop is None else stop
+    if n_total <= 0:
+        return []
+    if n <= 1:
+        return [(start + stop) // 2]
+    return sorted({int(round(x)) for x in np.linspace(start, stop, n)})
+
+
+def keyframes(
+    n_total: int, onset: int | None = None, apex: int | None = None, offset: int | None = None
+) -> list[int]:
+    """Onset, apex and offset (defaults: first frame, middle, last frame), in that order.
+
+    Pass `apex` from `estimate_apex` when the annotation has none. Duplicates are kept so that the
+    model always sees three images in the same roles."""
+    onset = 0 if onset is None else onset
+    offset = n_total - 1 if offset is None else offset
+    apex = (onset + offset) // 2 if apex is None else apex
+    return [min(max(i, 0), n_total - 1) for i in (onset, apex, offset)]
+
+
+def all_frames(n_total: int, cap: int) -> list[int]:
+    """Every frame, or `cap` uniform ones when the clip is longer."""
+    return list(range(n_total)) if n_total <= cap else uniform(n_total, cap)
+
+
+def farthest(reference: np.ndarray, candidates: dict[int, np.ndarray]) -> int:
+    """Index of the candidate frame that differs most (mean absolute difference) from `reference`."""
+    ref = reference.astype(np.float32)
+    return max(candidates, key=lambda i: float(np.abs(candidates[i].astype(np.float32) - ref).mean()))
+
+
+# ---------------------------------------------------------------- clips
+def _frame_number(path: Path) -> tuple[int, str]:
+    # Real datasets do not zero-pad (img2 before img10; SAMM 006_05562): sort by the last number.
+    nums = re.findall(r"\d+", path.stem)
+    return (int(nums[-1]) if nums else -1, path.name)
+
+
+@dataclass
+class ClipFrames:
+    """Decoded frames (RGB uint8, HxWx3) and where they came from."""
+
+    frames: list[np.ndarray]
+    indices: list[int]
+    fps: float
+    num_frames: int
+    size: tuple[int, int]  # source (width, height)
+    source: str
+    timestamps: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.timestamps:
+            self.timestamps = [i / self.fps for i in self.indices]
+
+    def images(self) -> list[Image.Image]:
+        return [Image.fromarray(f) for f in self.frames]
+
+
+class Clip(ABC):
+    """A clip opened for random access. Use `open_clip`."""
+
+    def __init__(self, path: Path, num_frames: int, fps: float, size: tuple[int, int]):
+        self.path, self.num_frames, self.fps, self.size = path, num_frames, fps, size
+
+    @abstractmethod
+    def read(self, indices: list[int]) -> list[np.ndarray]:
+        """Decode the frames at `indices` (in that order) as RGB uint8 arrays."""
+
+
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Hide ffmpeg/decord's C-level log lines: the user gets our one-line error instead."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class VideoClip(Clip):
+    def __init__(self, path: Path):
+        import decord
+
+        try:
+            with _quiet_native_stderr():
+                self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+                n = len(self._vr)
+                first = self._vr[0].asnumpy() if n else None
+        except Exception as e:  # decord raises its own DECORDError/RuntimeError for any bad container
+            raise InputError(
+                f"{path} — cannot decode video ({_short(e)}); is it a complete video file?"
+            ) from None
+        if not n or first is None:
+            raise InputError(f"{path} — video has no frames")
+        fps = float(self._vr.get_avg_fps() or 0) or 25.0
+        super().__init__(path, n, fps, (first.shape[1], first.shape[0]))
+
+    def read(self, indices: list[int]) -> list[np.ndarray]:
+        try:
+            with _quiet_native_stderr():
+                batch = self._vr.get_batch(indices).asnumpy()
+        except Exception as e:
+            raise InputError(
+                f"{self.path} — frames {indices[:3]}... cannot be decoded ({_short(e)}); "
+                "the file may be truncated"
+            ) from None
+        return list(batch)
+
+
+class FolderClip(Clip):
+    def __init__(self, path: Path, fps: float):
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in FRAME_EXTS), key=_frame_number)
+        if not files:
+            raise InputError(f"{path} — folder has no frames ({'/'.join(sorted(FRAME_EXTS))})")
+        self.files = files
+        first = _read_image(files[0])
+        super().__init__(path, len(files), fps, (first.shape[1], first.shape[0]))
+
+    def read(self, indices: list[int]) -> list[np.ndarray]:
+        return [_read_image(self.files[i]) for i in indices]
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{path} — unreadable image ({_short(e)})") from None
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]
+
+
+def open_clip(path: str | Path, folder_fps: float = 200.0) -> Clip:
+    """Open a video file (decord) or a folder of frames; raise `InputError` naming the path if unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} — no such file or folder")
+    if path.is_dir():
+        return FolderClip(path, folder_fps)
+    if path.suffix.lower() not in VIDEO_EXTS:
+        raise InputError(f"{path} — not a video ({', '.join(sorted(VIDEO_EXTS))}) or a folder of frames")
+    return VideoClip(path)
+
+
+def estimate_apex(clip: Clip, onset: int, offset: int, probes: int = 16) -> int:
+    """The frame farthest from onset among `probes` uniform candidates in (onset, offset]."""
+    cands = uniform(clip.num_frames, probes, onset, offset)
+    frames = clip.read([onset, *cands])
+    return farthest(frames[0], dict(zip(cands, frames[1:])))
+
+
+def select(
+    clip: Clip, cfg: FrameConfig, onset: int | None = None, apex: int | None = None, offset: int | None = None
+) -> list[int]:
+    """The indices `cfg.sampling` picks for this clip."""
+    n = clip.num_frames
+    if cfg.sampling == "uniform":
+        return uniform(n, cfg.frames)
+    if cfg.sampling == "all":
+        return all_frames(n, cfg.max_frames)
+    lo, hi = onset if onset is not None else 0, offset if offset is not None else n - 1
+    if not (0 <= lo <= hi < n):
+        raise InputError(f"{clip.path} — onset {lo} / offset {hi} outside the clip's {n} frames")
+    if apex is None:
+        apex = estimate_apex(clip, lo, hi)
+    return keyframes(n, lo, apex, hi)
+
+
+def sample(
+    path: str | Path,
+    cfg: FrameConfig,
+    onset: int | None = None,
+    apex: int | None = None,
+    offset: int | None = None,
+) -> ClipFrames:
+    """Open `path`, select frames by `cfg` and decode only those."""
+    clip = open_clip(path, cfg.folder_fps)
+    idx = select(clip, cfg, onset, apex, offset)
+    return ClipFrames(clip.read(idx), idx, clip.fps, clip.num_frames, clip.size, str(path))

@@ -1,0 +1,77 @@
+"""Session fixtures: tiny checkpoints of real architectures and real clips, all built offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # a stray download must fail loudly, here as for users offline
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mevqa.models.tiny import build_tiny  # noqa: E402
+
+N_FRAMES = 48
+SIZE = (128, 112)  # width, height
+
+
+def clip_frames(n: int = N_FRAMES, seed: int = 0) -> list[np.ndarray]:
+    """Textured frames (so the codec has real work) with a blob that grows, peaks at frame 30 and fades."""
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8), (5, 5), 0)
+    frames = []
+    for i in range(n):
+        f = base.copy()
+        r = 4 + int(14 * max(0.0, 1 - abs(i - 30) / 12))
+        cv2.circle(f, (64, 56), r, (20, 20, 230), -1)
+        frames.append(f)
+    return frames
+
+
+def write_mp4(path: Path, frames: list[np.ndarray], fps: float = 200.0) -> Path:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0]))
+    for f in frames:
+        w.write(f)
+    w.release()
+    return path
+
+
+def write_folder(path: Path, frames: list[np.ndarray]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames, start=1):  # CASME II style: img1.jpg ... img48.jpg, not zero-padded
+        cv2.imwrite(str(path / f"img{i}.jpg"), f)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory) -> Path:
+    return build_tiny("qwen2_5_vl", tmp_path_factory.mktemp("models") / "tiny-qwen2_5_vl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3(tmp_path_factory) -> Path:
+    return build_tiny("idefics3", tmp_path_factory.mktemp("models") / "tiny-idefics3", seed=0)
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("clips")
+    frames = clip_frames()
+    return {"mp4": write_mp4(root / "clip.mp4", frames), "folder": write_folder(root / "sub01" / "EP01_1", frames)}
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m mevqa ARGS` as a user would, capturing output."""
+    return subprocess.run([sys.executable, "-m", "mevqa", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def has_gpu() -> bool:
+    return torch.cuda.is_available()

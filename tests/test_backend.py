@@ -1,0 +1,87 @@
+"""Real generation through each tiny family, from a video file and a frame folder, as images and as video."""
+
+from __future__ import annotations
+
+import pytest
+
+from mevqa.backends.base import Backend, VQARequest, load_backend
+from mevqa.config import FrameConfig, GenConfig
+from mevqa.errors import InputError, ModelError
+from mevqa.inputs import question_message
+from mevqa.prompts import Message, VideoPart, to_hf, to_openai
+from mevqa.video import sample
+
+Q = "What is the coarse expression class?"
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_qwen):
+    return load_backend("transformers", model=str(tiny_qwen))
+
+
+@pytest.fixture(scope="module")
+def idefics(tiny_idefics3):
+    return load_backend("transformers", model=str(tiny_idefics3))
+
+
+def _ask(backend, clip_path, cfg, questions=(Q,), batch_size=4):
+    cf = sample(clip_path, cfg)
+    reqs = [VQARequest(str(i), (question_message(cf, q, cfg),)) for i, q in enumerate(questions)]
+    return backend.generate(reqs, GenConfig(max_new_tokens=8, batch_size=batch_size))
+
+
+def test_backend_protocol(qwen):
+    assert isinstance(qwen, Backend)
+
+
+@pytest.mark.parametrize("source", ["mp4", "folder"])
+@pytest.mark.parametrize("mode", ["frames", "video"])
+def test_qwen_generates(qwen, clips, source, mode):
+    (ans,) = _ask(qwen, clips[source], FrameConfig(frames=4, input=mode))
+    assert ans.ok and ans.text and ans.seconds > 0
+
+
+@pytest.mark.parametrize("source", ["mp4", "folder"])
+def test_idefics3_generates_from_images(idefics, clips, source):
+    (ans,) = _ask(idefics, clips[source], FrameConfig(frames=4))
+    assert ans.ok and ans.text
+
+
+def test_idefics3_refuses_video_input(idefics, clips):
+    with pytest.raises(ModelError, match="images only"):
+        _ask(idefics, clips["mp4"], FrameConfig(frames=4, input="video"))
+
+
+def test_batched_equals_one_by_one(qwen, clips):
+    qs = (Q, "What is the action unit?", "Is the action unit brow lowerer shown on the face?")
+    batched = _ask(qwen, clips["mp4"], FrameConfig(frames=4), qs, batch_size=3)
+    single = _ask(qwen, clips["mp4"], FrameConfig(frames=4), qs, batch_size=1)
+    assert [a.text for a in batched] == [a.text for a in single]
+
+
+def test_video_fps_reaches_temporal_ids(qwen, clips):
+    """The video part carries the model-facing fps, not the camera's 200 fps (Qwen2.5-VL time ids)."""
+    cfg = FrameConfig(frames=8, input="video")
+    cf = sample(clips["mp4"], cfg)
+    req = VQARequest("v", (question_message(cf, Q, cfg),))
+    enc = qwen.encode([req])
+    # second_per_grid = temporal_patch(2) / fps(2.0) = 1.0 s; 200 fps would give 0.01 and collapse ids.
+    assert enc["second_per_grid_ts"].tolist() == [1.0]
+    assert enc["video_grid_thw"][0, 0].item() == 4  # 8 frames / temporal patch 2
+
+
+def test_message_renders_same_parts_for_hf_and_openai(clips):
+    cf = sample(clips["mp4"], FrameConfig(frames=3))
+    msg = Message.user(*cf.images(), Q)
+    chat, images, videos = to_hf([msg])
+    assert [c["type"] for c in chat[0]["content"]] == ["image", "image", "image", "text"]
+    oa = to_openai([msg])
+    assert [c["type"] for c in oa[0]["content"]] == ["image_url"] * 3 + ["text"]
+    assert oa[0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    vid = Message.user(VideoPart(tuple(cf.images()), fps=2.0), Q)
+    assert to_hf([vid])[2][0].fps == 2.0
+
+
+def test_unknown_backend():
+    with pytest.raises(InputError, match="unknown backend"):
+        load_backend("nope", model="x")

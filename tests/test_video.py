@@ -1,0 +1,109 @@
+"""Clip reading: selectors are pure, and sparse reads equal a full decode at the same indices."""
+
+from __future__ import annotations
+
+import av
+import decord
+import numpy as np
+import pytest
+from conftest import N_FRAMES, SIZE, clip_frames, write_folder
+from PIL import Image
+
+from mevqa.config import FrameConfig
+from mevqa.errors import InputError
+from mevqa.video import all_frames, estimate_apex, keyframes, open_clip, sample, uniform
+
+
+def test_uniform_keeps_ends_and_count():
+    assert uniform(100, 8) == [0, 14, 28, 42, 57, 71, 85, 99]
+    assert uniform(5, 8) == [0, 1, 2, 3, 4]  # never invents frames
+    assert uniform(100, 3, 10, 20) == [10, 15, 20]
+    assert uniform(0, 8) == []
+
+
+def test_keyframes_and_all():
+    assert keyframes(100, 10, 40, 70) == [10, 40, 70]
+    assert keyframes(100) == [0, 49, 99]
+    assert all_frames(10, 64) == list(range(10))
+    assert all_frames(1000, 64) == uniform(1000, 64)
+
+
+def test_folder_sorts_numerically(tmp_path):
+    frames = clip_frames(12)
+    write_folder(tmp_path / "c", frames)
+    clip = open_clip(tmp_path / "c")
+    assert [p.name for p in clip.files][:3] == ["img1.jpg", "img2.jpg", "img3.jpg"]
+    assert clip.files[9].name == "img10.jpg"
+
+
+def _full_decode_decord(path):
+    vr = decord.VideoReader(str(path))
+    return vr.get_batch(list(range(len(vr)))).asnumpy()
+
+
+def test_video_sparse_equals_full_decode(clips):
+    cf = sample(clips["mp4"], FrameConfig(frames=8))
+    full = _full_decode_decord(clips["mp4"])
+    assert cf.indices == uniform(N_FRAMES, 8)
+    for i, frame in zip(cf.indices, cf.frames):
+        np.testing.assert_array_equal(frame, full[i])
+    assert cf.num_frames == N_FRAMES == len(full)
+    assert cf.fps == pytest.approx(200.0)
+    assert cf.size == SIZE
+    assert cf.timestamps == pytest.approx([i / 200.0 for i in cf.indices])
+
+
+def test_video_frame_count_matches_pyav(clips):
+    with av.open(str(clips["mp4"])) as c:
+        n = sum(1 for _ in c.decode(video=0))
+    assert open_clip(clips["mp4"]).num_frames == n
+
+
+def test_folder_sparse_equals_full_read(clips):
+    cf = sample(clips["folder"], FrameConfig(frames=5, folder_fps=200))
+    files = sorted(clips["folder"].iterdir(), key=lambda p: int(p.stem[3:]))
+    for i, frame in zip(cf.indices, cf.frames):
+        np.testing.assert_array_equal(frame, np.asarray(Image.open(files[i]).convert("RGB")))
+    assert cf.size == SIZE and cf.num_frames == N_FRAMES
+
+
+def test_folder_reads_only_selected_files(clips, monkeypatch):
+    import mevqa.video as video
+
+    opened = []
+    real = video._read_image
+    monkeypatch.setattr(video, "_read_image", lambda p: opened.append(p.name) or real(p))
+    sample(clips["folder"], FrameConfig(frames=4))
+    # one read to learn the size, then exactly the four selected frames
+    assert len(opened) == 1 + 4
+
+
+def test_apex_estimated_as_farthest_from_onset(clips):
+    clip = open_clip(clips["mp4"])
+    apex = estimate_apex(clip, 0, N_FRAMES - 1, probes=N_FRAMES)
+    assert abs(apex - 30) <= 2  # the blob is largest at frame 30
+    cf = sample(clips["mp4"], FrameConfig(sampling="keyframes"), onset=0, offset=N_FRAMES - 1)
+    assert cf.indices[0] == 0 and cf.indices[2] == N_FRAMES - 1 and abs(cf.indices[1] - 30) <= 3
+
+
+@pytest.mark.parametrize("make", ["missing", "text", "empty_dir", "truncated"])
+def test_bad_clips_raise_input_error(tmp_path, clips, make):
+    if make == "missing":
+        path = tmp_path / "nope.mp4"
+    elif make == "text":
+        path = tmp_path / "notes.mp4"
+        path.write_text("this is not a video\n")
+    elif make == "empty_dir":
+        path = tmp_path / "empty"
+        path.mkdir()
+    else:
+        path = tmp_path / "cut.mp4"
+        data = clips["mp4"].read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=str(path.name)):
+        sample(path, FrameConfig())
+
+
+def test_keyframes_offset_outside_clip_is_an_error(clips):
+    with pytest.raises(InputError, match="outside"):
+        sample(clips["mp4"], FrameConfig(sampling="keyframes"), onset=0, offset=500)
