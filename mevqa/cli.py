@@ -59,6 +59,14 @@ def cmd_models_tiny(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_synth(a: argparse.Namespace) -> int:
+    from mevqa.data.synth import synthesize
+
+    out = synthesize(a.out, a.subjects, a.clips_per_subject, a.fps, a.size, a.seed, a.video, a.test_fraction)
+    print(f"wrote {out}/frames, annotations.csv, train.jsonl, test.jsonl")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="HF model directory or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct)"
@@ -105,6 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print answer, model, adapter, frames, seconds as JSON"
     )
     p.set_defaults(func=cmd_ask)
+
+    data = sub.add_parser("data", help="MEGC files and SynthME clips").add_subparsers(
+        dest="sub", required=True
+    )
+    p = data.add_parser(
+        "synth",
+        help="generate SynthME micro-expression clips + MEGC-style QA",
+        description="Procedural face clips with AU-driven micro-movements (onset-apex-offset).",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--subjects", type=int, default=4, help="identities (default: 4)")
+    p.add_argument("--clips-per-subject", type=int, default=5, help="clips per identity (default: 5)")
+    p.add_argument("--fps", type=float, default=200.0, help="frame rate (default: 200, like CASME II / SAMM)")
+    p.add_argument("--size", type=int, default=224, help="frame side in pixels (default: 224)")
+    p.add_argument("--seed", type=int, default=0, help="same seed gives identical files")
+    p.add_argument("--video", action="store_true", help="also write videos/<clip>.mp4")
+    p.add_argument(
+        "--test-fraction", type=float, default=0.25, help="share of subjects held out (default: 0.25)"
+    )
+    p.set_defaults(func=cmd_data_synth)
 
     models = sub.add_parser("models", help="build offline checkpoints").add_subparsers(
         dest="sub", required=True

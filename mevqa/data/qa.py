@@ -1,0 +1,132 @@
+"""One clip's labels -> the MEGC question/answer rows (all seven templates).
+
+Converters (real annotation sheets) and SynthME both go through `build_rows`, so a synthetic clip is
+asked exactly what a real one is.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from mevqa.errors import InputError
+from mevqa.prompts import AU_NAMES, FINE_TO_COARSE
+
+
+@dataclass(frozen=True)
+class AU:
+    """A FACS action unit, optionally on one side of the face (L = subject's left)."""
+
+    number: int
+    side: str | None = None  # "L", "R" or None
+
+    @property
+    def name(self) -> str:
+        return AU_NAMES[self.number]
+
+    def code(self) -> str:
+        return f"{self.side or ''}{self.number}"
+
+
+def parse_au_codes(text: str) -> list[AU]:
+    """`4+7`, `R12`, `L1+L2`, `AU4`, `AU 1+AU2`, `12/14` -> AUs in order, unknown codes refused."""
+    aus: list[AU] = []
+    for tok in re.split(r"[+,/;&\s]+", str(text).strip()):
+        if not tok:
+            continue
+        m = re.fullmatch(r"(?i)(?:AU)?\s*([LRB])?\s*(?:AU)?(\d+)([A-Za-z])?", tok)
+        if not m:
+            raise InputError(
+                f"action units {text!r} — cannot read {tok!r} (expected codes like 4+7, R12, AU4)"
+            )
+        side, num = (m.group(1) or "").upper() or None, int(m.group(2))
+        if num not in AU_NAMES:
+            continue  # AUs the MEGC files never name (e.g. head/eye movements beyond the list) are left out
+        au = AU(num, None if side == "B" else side)
+        if au.number not in [a.number for a in aus]:
+            aus.append(au)
+    return aus
+
+
+@dataclass(frozen=True)
+class ClipLabel:
+    """Everything the QA needs to know about one clip."""
+
+    dataset: str
+    subject: str
+    filename: str
+    image_id: str
+    emotion: str
+    aus: tuple[AU, ...] = field(default_factory=tuple)
+    onset: int | None = None
+    apex: int | None = None
+    offset: int | None = None
+
+    @property
+    def coarse(self) -> str:
+        return FINE_TO_COARSE[self.emotion]
+
+
+def _au_list(aus: tuple[AU, ...]) -> str:
+    return ", ".join(a.name for a in aus)
+
+
+def combined_answer(aus: tuple[AU, ...], fine: str, coarse: str) -> str:
+    head = "The action unit present is" if len(aus) == 1 else "The action units present are"
+    return (
+        f"{head}: {_au_list(aus)}. Therefore, the fine-grained expression class is {fine}, "
+        f"and the coarse expression class is {coarse}."
+    )
+
+
+def build_questions(label: ClipLabel, rng: random.Random) -> list[tuple[str, str]]:
+    """(question, answer) pairs in the order the MEGC files use."""
+    plural = len(label.aus) > 1
+    qa = [
+        ("What is the coarse expression class?", label.coarse),
+        ("What is the fine-grained expression class?", label.emotion),
+    ]
+    if not label.aus:
+        return qa
+    qa.append(("What are the action units?" if plural else "What is the action unit?", _au_list(label.aus)))
+    sided = [a for a in label.aus if a.side]
+    if sided:
+        side = {"L": "left", "R": "right"}[sided[0].side]
+        qa.append((f"Is the action unit {sided[0].name} located on the left or right face?", side))
+    present = {a.number for a in label.aus}
+    qa.append((f"Is the action unit {rng.choice(label.aus).name} shown on the face?", "yes"))
+    absent = [n for n in AU_NAMES if n not in present]
+    qa.append((f"Is the action unit {AU_NAMES[rng.choice(absent)]} shown on the face?", "no"))
+    qa.append(
+        (
+            "What are the action units present, and based on them, what is the fine-grained expression and the "
+            "coarse expression class?"
+            if plural
+            else "What is the action unit present, and based on it, what is the fine-grained expression and the "
+            "coarse expression class?",
+            combined_answer(label.aus, label.emotion, label.coarse),
+        )
+    )
+    return qa
+
+
+def build_rows(label: ClipLabel, seed: int = 0) -> list[dict]:
+    """MEGC training rows for one clip; the 'no' AU is drawn from absent AUs with a per-clip seed."""
+    rng = random.Random(f"{seed}:{label.dataset}:{label.image_id}")
+    rows = []
+    for k, (q, a) in enumerate(build_questions(label, rng), start=1):
+        row = {
+            "id": f"{label.dataset}_{label.image_id}_{k}",
+            "dataset": label.dataset,
+            "image_id": label.image_id,
+            "subject": label.subject,
+            "filename": label.filename,
+            "question": q,
+            "answer": a,
+        }
+        for key in ("onset", "apex", "offset"):
+            if getattr(label, key) is not None:
+                row[f"{key}_frame"] = getattr(label, key)
+        rows.append(row)
+    return rows
