@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check mevqa tests app.py && $(PY) -m ruff format --check mevqa
+	$(PY) -m ruff check mevqa tests app.py && $(PY) -m ruff format --check mevqa tests app.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -36,7 +36,9 @@ def clip_frames(n: int = N_FRAMES, seed: int = 0) -> list[np.ndarray]:
 
 
 def write_mp4(path: Path, frames: list[np.ndarray], fps: float = 200.0) -> Path:
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0]))
+    w = cv2.VideoWriter(
+        str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0])
+    )
     for f in frames:
         w.write(f)
     w.release()
@@ -64,13 +66,21 @@ def tiny_idefics3(tmp_path_factory) -> Path:
 def clips(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("clips")
     frames = clip_frames()
-    return {"mp4": write_mp4(root / "clip.mp4", frames), "folder": write_folder(root / "sub01" / "EP01_1", frames)}
+    return {
+        "mp4": write_mp4(root / "clip.mp4", frames),
+        "folder": write_folder(root / "sub01" / "EP01_1", frames),
+    }
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python -m mevqa ARGS` as a user would, capturing output."""
-    return subprocess.run([sys.executable, "-m", "mevqa", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "mevqa", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def has_gpu() -> bool:

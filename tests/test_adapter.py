@@ -23,8 +23,9 @@ def make_adapter(base, out, seed=0):
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(base)
     # init_lora_weights=False: B is random, so the adapter is a real, non-zero change
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=LM_TARGETS,
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=32, target_modules=LM_TARGETS, init_lora_weights=False)
+    )
     peft_model.save_pretrained(out)
     return out
 
@@ -75,10 +76,28 @@ def test_recorded_base_hash_mismatch_is_refused(tiny_qwen, tiny_idefics3, adapte
 def test_cli_ask_with_adapter_json(tiny_qwen, adapter, clips):
     import json
 
-    base = run_cli("ask", str(clips["mp4"]), "What is the coarse expression class?", "--model", str(tiny_qwen),
-                   "--json", "--frames", "4")
-    tuned = run_cli("ask", str(clips["mp4"]), "What is the coarse expression class?", "--model", str(tiny_qwen),
-                    "--adapter", str(adapter), "--json", "--frames", "4")
+    base = run_cli(
+        "ask",
+        str(clips["mp4"]),
+        "What is the coarse expression class?",
+        "--model",
+        str(tiny_qwen),
+        "--json",
+        "--frames",
+        "4",
+    )
+    tuned = run_cli(
+        "ask",
+        str(clips["mp4"]),
+        "What is the coarse expression class?",
+        "--model",
+        str(tiny_qwen),
+        "--adapter",
+        str(adapter),
+        "--json",
+        "--frames",
+        "4",
+    )
     assert base.returncode == 0 and tuned.returncode == 0, base.stderr + tuned.stderr
     b, t = json.loads(base.stdout), json.loads(tuned.stdout)
     assert set(b) == {"answer", "model", "adapter", "frames", "seconds"}

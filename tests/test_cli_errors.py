@@ -34,19 +34,23 @@ def bad_inputs(tmp_path_factory, clips, tiny_qwen, tiny_idefics3):
     return d
 
 
-@pytest.mark.parametrize("clip,name", [
-    ("missing.mp4", "missing.mp4"),
-    ("notes.mp4", "notes.mp4"),
-    ("cut.mp4", "cut.mp4"),
-    ("empty", "empty"),
-])
+@pytest.mark.parametrize(
+    "clip,name",
+    [
+        ("missing.mp4", "missing.mp4"),
+        ("notes.mp4", "notes.mp4"),
+        ("cut.mp4", "cut.mp4"),
+        ("empty", "empty"),
+    ],
+)
 def test_bad_clip(bad_inputs, tiny_qwen, clip, name):
     _assert_clean_error(run_cli("ask", str(bad_inputs / clip), Q, "--model", str(tiny_qwen)), name)
 
 
 def test_model_dir_without_processor(bad_inputs, clips):
-    _assert_clean_error(run_cli("ask", str(clips["mp4"]), Q, "--model", str(bad_inputs / "no-processor")),
-                        "no-processor")
+    _assert_clean_error(
+        run_cli("ask", str(clips["mp4"]), Q, "--model", str(bad_inputs / "no-processor")), "no-processor"
+    )
 
 
 def test_missing_model_dir(clips, tmp_path):
@@ -54,14 +58,23 @@ def test_missing_model_dir(clips, tmp_path):
 
 
 def test_adapter_base_mismatch(bad_inputs, clips, tiny_qwen):
-    r = run_cli("ask", str(clips["mp4"]), Q, "--model", str(tiny_qwen), "--adapter",
-                str(bad_inputs / "other-base-lora"))
+    r = run_cli(
+        "ask",
+        str(clips["mp4"]),
+        Q,
+        "--model",
+        str(tiny_qwen),
+        "--adapter",
+        str(bad_inputs / "other-base-lora"),
+    )
     _assert_clean_error(r, "other-base-lora")
 
 
 def test_adapter_folder_without_config(clips, tiny_qwen, tmp_path):
-    _assert_clean_error(run_cli("ask", str(clips["mp4"]), Q, "--model", str(tiny_qwen), "--adapter", str(tmp_path)),
-                        str(tmp_path))
+    _assert_clean_error(
+        run_cli("ask", str(clips["mp4"]), Q, "--model", str(tiny_qwen), "--adapter", str(tmp_path)),
+        str(tmp_path),
+    )
 
 
 def test_video_input_on_images_only_model(clips, tiny_idefics3):

@@ -41,7 +41,10 @@ def test_tokenizer_knows_special_tokens(tiny_qwen):
     for t in ("<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>"):
         ids = tok.encode(t, add_special_tokens=False)
         assert len(ids) == 1, t
-    assert tok.decode(tok.encode("What is the coarse expression class?")) == "What is the coarse expression class?"
+    assert (
+        tok.decode(tok.encode("What is the coarse expression class?"))
+        == "What is the coarse expression class?"
+    )
 
 
 def test_unknown_family(tmp_path):
