@@ -20,11 +20,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 def cmd_ask(a: argparse.Namespace) -> int:
     from mevqa.backends.base import VQARequest, load_backend
-    from mevqa.inputs import question_message
-    from mevqa.video import sample
+    from mevqa.inputs import load_clip, question_message
 
-    cfg = FrameConfig(frames=a.frames, sampling=a.sampling, input=a.input, folder_fps=a.fps)
-    clip = sample(a.clip, cfg, a.onset, a.apex, a.offset)  # bad clips fail before a model is loaded
+    cfg = FrameConfig(
+        frames=a.frames, sampling=a.sampling, input=a.input, folder_fps=a.fps, flow_with_oao=a.flow_with_oao
+    )
+    clip = load_clip(a.clip, cfg, a.onset, a.apex, a.offset)  # bad clips fail before a model is loaded
     backend = load_backend(
         a.backend, model=a.model, adapter=a.adapter, device=a.device, trust_remote_code=a.trust_remote_code
     )
@@ -67,6 +68,60 @@ def cmd_data_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_list(title: str, items: list[str], limit: int = 10) -> None:
+    if items:
+        print(f"{title} ({len(items)}):")
+        for it in items[:limit]:
+            print(f"  {it}")
+        if len(items) > limit:
+            print(f"  ... and {len(items) - limit} more")
+
+
+def cmd_data_validate(a: argparse.Namespace) -> int:
+    from mevqa.data.megc import read_jsonl, validate
+
+    rows = read_jsonl(a.file)
+    v = validate(rows, a.root, a.clip_pattern)
+    datasets = sorted({d for d, _ in v.counts})
+    types = sorted({t for _, t in v.counts})
+    print(f"{a.file}: {len(rows)} rows, {v.clips} clips")
+    print(f"{'question type':<14}" + "".join(f"{d:>10}" for d in datasets))
+    for t in types:
+        print(f"{t:<14}" + "".join(f"{v.counts[(d, t)]:>10}" for d in datasets))
+    _print_list("duplicate ids", v.duplicate_ids)
+    _print_list("unknown question templates", v.unknown_questions)
+    _print_list("answers outside the label sets", v.bad_answers)
+    _print_list(f"clips missing under {a.root}", v.missing_clips)
+    if not v.ok:
+        print(f"error: {a.file} — invalid (see above)", file=sys.stderr)
+        return 2
+    print("valid" + ("" if a.root else " (clips not checked: pass --root)"))
+    return 0
+
+
+def cmd_data_stats(a: argparse.Namespace) -> int:
+    from mevqa.data.megc import label_stats, read_jsonl
+
+    for qtype, by_ds in sorted(label_stats(read_jsonl(a.file)).items()):
+        print(f"== {qtype}")
+        for ds, counts in sorted(by_ds.items()):
+            total = sum(counts.values())
+            labels = ", ".join(f"{k} {n} ({100 * n / total:.0f}%)" for k, n in counts.most_common())
+            print(f"  {ds} [{total}]: {labels}")
+    return 0
+
+
+def cmd_data_convert(a: argparse.Namespace) -> int:
+    from mevqa.data.convert import convert
+    from mevqa.data.megc import write_jsonl
+
+    rows = convert(a.annotations, a.dataset, seed=a.seed)
+    write_jsonl(a.out, rows)
+    clips = len({r["image_id"] for r in rows})
+    print(f"wrote {a.out}: {len(rows)} questions about {clips} clips")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="HF model directory or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct)"
@@ -87,11 +142,17 @@ def _add_frame_args(p: argparse.ArgumentParser) -> None:
         "--input",
         choices=INPUT_MODES,
         default="frames",
-        help="frames: N images (default); video: one video part",
+        help="frames: N images (default); video: one video part; oao: onset/apex/offset images; "
+        "flow: optical-flow image onset->apex; diff: apex-onset difference image",
+    )
+    p.add_argument(
+        "--flow-with-oao", action="store_true", help="with --input flow, also show onset/apex/offset"
     )
     p.add_argument("--fps", type=float, default=200.0, help="frame rate of a frame folder (default: 200)")
     for k in ("onset", "apex", "offset"):
-        p.add_argument(f"--{k}", type=int, help=f"{k} frame index for keyframes sampling")
+        p.add_argument(
+            f"--{k}", type=int, help=f"{k} frame number (file number in a folder, 0-based index in a video)"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-fraction", type=float, default=0.25, help="share of subjects held out (default: 0.25)"
     )
     p.set_defaults(func=cmd_data_synth)
+
+    p = data.add_parser("convert", help="annotation sheet (xlsx/csv) -> MEGC QA JSONL")
+    p.add_argument("--dataset", required=True, help="casme2, samm, casme3, smic or synthme")
+    p.add_argument("--annotations", required=True, help="the dataset's coding sheet (.xlsx or .csv)")
+    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--seed", type=int, default=0, help="seed for the absent AU of the 'no' question")
+    p.set_defaults(func=cmd_data_convert)
+    p = data.add_parser("validate", help="check a MEGC JSONL file (templates, labels, ids, clips)")
+    p.add_argument("file", help="train or test JSONL")
+    p.add_argument("--root", help="clip folder: also check every row's clip exists")
+    p.add_argument("--clip-pattern", help="clip path under --root, e.g. {dataset}/{subject}/{filename}")
+    p.set_defaults(func=cmd_data_validate)
+    p = data.add_parser("stats", help="label distributions of a MEGC JSONL file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_data_stats)
 
     models = sub.add_parser("models", help="build offline checkpoints").add_subparsers(
         dest="sub", required=True

@@ -12,7 +12,7 @@ import yaml
 from mevqa.errors import InputError
 
 SAMPLINGS = ("uniform", "keyframes", "all")
-INPUT_MODES = ("frames", "video")
+INPUT_MODES = ("frames", "video", "oao", "flow", "diff")
 
 
 @dataclass(frozen=True)
@@ -22,11 +22,13 @@ class FrameConfig:
     Attributes:
         frames: how many frames `uniform` samples.
         sampling: `uniform`, `keyframes` (onset/apex/offset) or `all` (every frame up to `max_frames`).
-        input: `frames` (N images) or `video` (one video part).
+        input: `frames` (N images), `video` (one video part), `oao` (onset/apex/offset images),
+            `flow` (optical-flow image onset -> apex) or `diff` (apex - onset); see `inputs.py`.
         max_frames: cap for `all`.
         folder_fps: frame rate assumed for a frame folder (CASME II and SAMM were filmed at 200 fps).
         video_fps: the frame rate the *model* is told for a video part. Qwen2.5-VL spaces temporal ids
             by 1/fps; it was trained on ~2 fps samples, and 200 fps collapses all frames onto one id.
+        flow_with_oao: with `flow`, show onset, apex and offset before the flow image.
     """
 
     frames: int = 8
@@ -35,6 +37,7 @@ class FrameConfig:
     max_frames: int = 64
     folder_fps: float = 200.0
     video_fps: float = 2.0
+    flow_with_oao: bool = False
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +25,17 @@ FINE_TO_COARSE = {
     "contempt": "negative",
     "fear": "negative",
     "sadness": "negative",
+}
+# free-text words -> the label the files use (scoring and sheet conversion read labels the same way)
+LABEL_SYNONYMS = {
+    "happy": "happiness",
+    "angry": "anger",
+    "sad": "sadness",
+    "disgusted": "disgust",
+    "surprised": "surprise",
+    "afraid": "fear",
+    "fearful": "fear",
+    "repressed": "repression",
 }
 # FACS number -> the name the MEGC files use (spelled as the files spell them).
 AU_NAMES = {
@@ -54,18 +66,65 @@ AU_NAMES = {
     61: "eyes left",
 }
 
-TEMPLATE_EXAMPLES = (
-    "What is the coarse expression class?",
-    "What is the fine-grained expression class?",
-    "What is the action unit?",
-    "What are the action units?",
-    "Is the action unit lip corner puller shown on the face?",
-    "Is the action unit brow lowerer located on the left or right face?",
+# The seven MEGC question templates, verbatim (3, 6 and 7 have singular and plural forms).
+Q_COARSE = "What is the coarse expression class?"
+Q_FINE = "What is the fine-grained expression class?"
+Q_AU_ONE = "What is the action unit?"
+Q_AU_MANY = "What are the action units?"
+Q_PRESENCE = "Is the action unit {name} shown on the face?"
+Q_SIDE = "Is the action unit {name} located on the left or right face?"
+Q_COMBINED_ONE = (
     "What is the action unit present, and based on it, what is the fine-grained expression and the "
-    "coarse expression class?",
-    "What are the action units present, and based on them, what is the fine-grained expression and the "
-    "coarse expression class?",
+    "coarse expression class?"
 )
+Q_COMBINED_MANY = (
+    "What are the action units present, and based on them, what is the fine-grained expression and the "
+    "coarse expression class?"
+)
+QUESTION_TYPES = ("coarse", "fine", "au_list", "au_presence", "au_side", "combined")
+
+TEMPLATE_EXAMPLES = (
+    Q_COARSE,
+    Q_FINE,
+    Q_AU_ONE,
+    Q_AU_MANY,
+    Q_PRESENCE.format(name="lip corner puller"),
+    Q_SIDE.format(name="brow lowerer"),
+    Q_COMBINED_ONE,
+    Q_COMBINED_MANY,
+)
+
+_FIXED = {
+    Q_COARSE: "coarse",
+    Q_FINE: "fine",
+    Q_AU_ONE: "au_list",
+    Q_AU_MANY: "au_list",
+    Q_COMBINED_ONE: "combined",
+    Q_COMBINED_MANY: "combined",
+}
+_AU_QUESTION = re.compile(
+    r"is the action unit (?P<name>.+?) "
+    r"(?:(?P<p>shown on the face)|(?P<s>located on the left or right face))\?"
+)
+
+
+def _norm(question: str) -> str:
+    return " ".join(question.strip().lower().split())
+
+
+_FIXED_NORM = {_norm(k): v for k, v in _FIXED.items()}
+
+
+def classify(question: str) -> tuple[str, str | None]:
+    """(question type, AU name for templates 4-5). Unknown questions are type "free" (chat)."""
+    q = _norm(question)
+    if q in _FIXED_NORM:
+        return _FIXED_NORM[q], None
+    m = _AU_QUESTION.fullmatch(q)
+    if m:
+        return ("au_presence" if m.group("p") else "au_side"), m.group("name")
+    return "free", None
+
 
 DEFAULT_SYSTEM = None  # the model's own chat template supplies its default system turn
 

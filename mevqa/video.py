@@ -98,6 +98,12 @@ class Clip(ABC):
     def read(self, indices: list[int]) -> list[np.ndarray]:
         """Decode the frames at `indices` (in that order) as RGB uint8 arrays."""
 
+    def index_of(self, frame: int) -> int:
+        """Position of an annotated frame number (a video's frame number is its 0-based index)."""
+        if not 0 <= frame < self.num_frames:
+            raise InputError(f"{self.path} — frame {frame} outside the clip's {self.num_frames} frames")
+        return frame
+
 
 @contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
@@ -149,8 +155,16 @@ class FolderClip(Clip):
         if not files:
             raise InputError(f"{path} — folder has no frames ({'/'.join(sorted(FRAME_EXTS))})")
         self.files = files
+        self._numbers = {_frame_number(p)[0]: i for i, p in enumerate(files)}
         first = _read_image(files[0])
         super().__init__(path, len(files), fps, (first.shape[1], first.shape[0]))
+
+    def index_of(self, frame: int) -> int:
+        """Annotation sheets number frames by file name (CASME II onset 46 = img46.jpg)."""
+        if frame not in self._numbers:
+            lo, hi = min(self._numbers), max(self._numbers)
+            raise InputError(f"{self.path} — no frame file numbered {frame} (files run {lo}..{hi})")
+        return self._numbers[frame]
 
     def read(self, indices: list[int]) -> list[np.ndarray]:
         return [_read_image(self.files[i]) for i in indices]
@@ -191,18 +205,18 @@ def estimate_apex(clip: Clip, onset: int, offset: int, probes: int = 16) -> int:
 def select(
     clip: Clip, cfg: FrameConfig, onset: int | None = None, apex: int | None = None, offset: int | None = None
 ) -> list[int]:
-    """The indices `cfg.sampling` picks for this clip."""
+    """The indices `cfg.sampling` picks; onset/apex/offset are annotated frame numbers (see `index_of`)."""
     n = clip.num_frames
     if cfg.sampling == "uniform":
         return uniform(n, cfg.frames)
     if cfg.sampling == "all":
         return all_frames(n, cfg.max_frames)
-    lo, hi = onset if onset is not None else 0, offset if offset is not None else n - 1
-    if not (0 <= lo <= hi < n):
-        raise InputError(f"{clip.path} — onset {lo} / offset {hi} outside the clip's {n} frames")
-    if apex is None:
-        apex = estimate_apex(clip, lo, hi)
-    return keyframes(n, lo, apex, hi)
+    lo = clip.index_of(onset) if onset is not None else 0
+    hi = clip.index_of(offset) if offset is not None else n - 1
+    if lo > hi:
+        raise InputError(f"{clip.path} — onset {onset} comes after offset {offset}")
+    mid = clip.index_of(apex) if apex is not None else estimate_apex(clip, lo, hi)
+    return keyframes(n, lo, mid, hi)
 
 
 def sample(

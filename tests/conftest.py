@@ -85,3 +85,28 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def has_gpu() -> bool:
     return torch.cuda.is_available()
+
+
+MEGC_DIR = Path(os.environ.get("MEVQA_MEGC_DIR", Path(__file__).resolve().parents[2] / "shared" / "megc"))
+
+
+@pytest.fixture(scope="session")
+def megc_dir() -> Path:
+    if not (MEGC_DIR / "train_casme2.jsonl").is_file():
+        pytest.skip(f"the shared MEGC files are not at {MEGC_DIR} (set MEVQA_MEGC_DIR)")
+    return MEGC_DIR
+
+
+@pytest.fixture(scope="session")
+def synthme(tmp_path_factory) -> Path:
+    """A small SynthME set: 4 subjects x 3 clips, 112 px, 200 fps, with videos."""
+    from mevqa.data.synth import synthesize
+
+    return synthesize(
+        tmp_path_factory.mktemp("synthme") / "data",
+        subjects=4,
+        clips_per_subject=3,
+        size=112,
+        seed=7,
+        video=True,
+    )

@@ -11,7 +11,18 @@ import re
 from dataclasses import dataclass, field
 
 from mevqa.errors import InputError
-from mevqa.prompts import AU_NAMES, FINE_TO_COARSE
+from mevqa.prompts import (
+    AU_NAMES,
+    FINE_TO_COARSE,
+    Q_AU_MANY,
+    Q_AU_ONE,
+    Q_COARSE,
+    Q_COMBINED_MANY,
+    Q_COMBINED_ONE,
+    Q_FINE,
+    Q_PRESENCE,
+    Q_SIDE,
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +43,8 @@ class AU:
 def parse_au_codes(text: str) -> list[AU]:
     """`4+7`, `R12`, `L1+L2`, `AU4`, `AU 1+AU2`, `12/14` -> AUs in order, unknown codes refused."""
     aus: list[AU] = []
-    for tok in re.split(r"[+,/;&\s]+", str(text).strip()):
+    spaced = re.sub(r"(?i)\bAU\s+", "AU", str(text).strip())  # "AU 4" -> "AU4"
+    for tok in re.split(r"[+,/;&\s]+", spaced):
         if not tok:
             continue
         m = re.fullmatch(r"(?i)(?:AU)?\s*([LRB])?\s*(?:AU)?(\d+)([A-Za-z])?", tok)
@@ -62,10 +74,11 @@ class ClipLabel:
     onset: int | None = None
     apex: int | None = None
     offset: int | None = None
+    coarse_only: bool = False  # SMIC: `emotion` is already the coarse class and only that is asked
 
     @property
     def coarse(self) -> str:
-        return FINE_TO_COARSE[self.emotion]
+        return self.emotion if self.coarse_only else FINE_TO_COARSE[self.emotion]
 
 
 def _au_list(aus: tuple[AU, ...]) -> str:
@@ -83,31 +96,21 @@ def combined_answer(aus: tuple[AU, ...], fine: str, coarse: str) -> str:
 def build_questions(label: ClipLabel, rng: random.Random) -> list[tuple[str, str]]:
     """(question, answer) pairs in the order the MEGC files use."""
     plural = len(label.aus) > 1
-    qa = [
-        ("What is the coarse expression class?", label.coarse),
-        ("What is the fine-grained expression class?", label.emotion),
-    ]
+    if label.coarse_only:
+        return [(Q_COARSE, label.coarse)]
+    qa = [(Q_COARSE, label.coarse), (Q_FINE, label.emotion)]
     if not label.aus:
         return qa
-    qa.append(("What are the action units?" if plural else "What is the action unit?", _au_list(label.aus)))
+    qa.append((Q_AU_MANY if plural else Q_AU_ONE, _au_list(label.aus)))
     sided = [a for a in label.aus if a.side]
     if sided:
-        side = {"L": "left", "R": "right"}[sided[0].side]
-        qa.append((f"Is the action unit {sided[0].name} located on the left or right face?", side))
+        qa.append((Q_SIDE.format(name=sided[0].name), {"L": "left", "R": "right"}[sided[0].side]))
     present = {a.number for a in label.aus}
-    qa.append((f"Is the action unit {rng.choice(label.aus).name} shown on the face?", "yes"))
+    qa.append((Q_PRESENCE.format(name=rng.choice(label.aus).name), "yes"))
     absent = [n for n in AU_NAMES if n not in present]
-    qa.append((f"Is the action unit {AU_NAMES[rng.choice(absent)]} shown on the face?", "no"))
-    qa.append(
-        (
-            "What are the action units present, and based on them, what is the fine-grained expression and the "
-            "coarse expression class?"
-            if plural
-            else "What is the action unit present, and based on it, what is the fine-grained expression and the "
-            "coarse expression class?",
-            combined_answer(label.aus, label.emotion, label.coarse),
-        )
-    )
+    qa.append((Q_PRESENCE.format(name=AU_NAMES[rng.choice(absent)]), "no"))
+    answer = combined_answer(label.aus, label.emotion, label.coarse)
+    qa.append((Q_COMBINED_MANY if plural else Q_COMBINED_ONE, answer))
     return qa
 
 

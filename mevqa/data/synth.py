@@ -33,25 +33,29 @@ EMOTION_RULES: dict[str, list[list[str]]] = {
     "contempt": [["S12"], ["S14"]],
     "repression": [["14"], ["15"], ["17"], ["24"], ["15", "17"], ["14", "24"]],
 }
+# Full AU displacement at apex as a fraction of the frame: ~3 px at 112 px, ~7 px at 224 px. Real
+# micro-expressions move a few pixels; smaller than this and JPEG noise and head jitter drown them.
+AMPLITUDE = 0.03
 MODELLED_AUS = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 24, 25, 26)
-REGIONS = {  # AU -> facial region name (for tests, the agent's per-region motion and flow checks)
-    1: "brows",
-    2: "brows",
-    4: "brows",
-    5: "eyes",
-    6: "eyes",
-    7: "eyes",
-    9: "nose",
-    10: "nose",
-    12: "mouth",
-    14: "mouth",
-    15: "mouth",
-    17: "chin",
-    20: "mouth",
-    23: "mouth",
-    24: "mouth",
-    25: "mouth",
-    26: "chin",
+# AU -> the facial bands its movement shows in (for tests, the agent's per-region motion, flow checks)
+REGIONS: dict[int, tuple[str, ...]] = {
+    1: ("brows",),
+    2: ("brows",),
+    4: ("brows",),
+    5: ("eyes",),
+    6: ("eyes",),
+    7: ("eyes",),
+    9: ("nose",),
+    10: ("mouth", "nose"),
+    12: ("mouth",),
+    14: ("mouth",),
+    15: ("mouth",),
+    17: ("chin", "mouth"),
+    20: ("mouth",),
+    23: ("mouth",),
+    24: ("mouth",),
+    25: ("mouth",),
+    26: ("chin", "mouth"),
 }
 # region -> (y0, y1) as fractions of the image height, generous enough to cover jitter
 REGION_ROWS = {
@@ -95,7 +99,7 @@ def make_identity(rng: np.random.Generator) -> Identity:
         mouth_w=rng.uniform(0.09, 0.12),
         mouth_y=rng.uniform(0.71, 0.74),
         lip=rng.uniform(0.010, 0.016),
-        jitter=rng.uniform(0.1, 0.4),
+        jitter=rng.uniform(0.1, 0.3),
         noise=rng.uniform(1.0, 3.0),
     )
 
@@ -135,7 +139,7 @@ class FacePainter:
             cv2.polylines(img, [arr], closed, color, max(1, int(thick * self.s)), cv2.LINE_AA, self.SHIFT)
 
     def draw(self, aus: list[AU], k: float) -> np.ndarray:
-        i, s, A = self.i, self.s, 0.022 * k  # A: full displacement at apex, ~5 px at 224 px
+        i, s, A = self.i, self.s, AMPLITUDE * k
         img = np.full((s, s, 3), 60, np.uint8)
         cv2.ellipse(
             img,
@@ -193,7 +197,7 @@ class FacePainter:
 
     def _nose(self, img, aus, A, color):
         i = self.i
-        lift = 0.4 * A * _centre(aus, 9) + 0.2 * A * _centre(aus, 10)
+        lift = 0.4 * A * _centre(aus, 9) + 0.4 * A * _centre(aus, 10)
         tip = i.eye_y + 0.16 - lift
         self._poly(
             img, [(i.cx, i.eye_y + 0.02), (i.cx - 0.01, tip), (i.cx + 0.025, tip + 0.01)], color, 0.006
@@ -202,7 +206,7 @@ class FacePainter:
             cv2.circle(
                 img,
                 self._pt(i.cx + side * 0.025, tip + 0.012),
-                max(1, int(0.008 * self.s)) * 16,
+                max(16, int(0.008 * self.s * 16)),
                 color,
                 -1,
                 cv2.LINE_AA,
@@ -210,36 +214,36 @@ class FacePainter:
             )
         w9 = _centre(aus, 9)
         if w9:  # wrinkles across the bridge fade in with intensity
-            shade = tuple(int(c * (1 - 0.3 * A / 0.022 * w9)) for c in i.skin)
+            shade = tuple(int(c * (1 - 0.3 * A / AMPLITUDE * w9)) for c in i.skin)
             for dy in (0.05, 0.07):
                 self._poly(img, [(i.cx - 0.03, i.eye_y + dy), (i.cx + 0.03, i.eye_y + dy)], shade, 0.005)
 
     def _mouth(self, img, aus, A):
         i = self.i
-        my, lip = i.mouth_y, i.lip * (1 - 0.4 * A / 0.022 * max(_centre(aus, 23), _centre(aus, 24)))
+        my, lip = i.mouth_y, i.lip * (1 - 0.5 * A / AMPLITUDE * max(_centre(aus, 23), _centre(aus, 24)))
         corners = []
         for side in (-1, 1):
-            dx = (0.4 * _act(aus, 12, side) - 0.3 * _act(aus, 14, side) + 0.8 * _act(aus, 20, side)) * A
-            dy = (-0.8 * _act(aus, 12, side) + 0.8 * _act(aus, 15, side)) * A
+            dx = (0.5 * _act(aus, 12, side) - 0.7 * _act(aus, 14, side) + 0.8 * _act(aus, 20, side)) * A
+            dy = (-1.0 * _act(aus, 12, side) + 0.8 * _act(aus, 15, side)) * A
             corners.append((i.cx + side * (i.mouth_w + dx), my + dy))
             if _act(aus, 14, side):  # the dimple deepens (darkens) with intensity
-                shade = tuple(int(c * (1 - 12 * A)) for c in i.skin)
+                shade = tuple(int(c * (1 - 0.45 * A / AMPLITUDE)) for c in i.skin)
                 cv2.circle(
                     img,
                     self._pt(corners[-1][0] + side * 0.018, corners[-1][1]),
-                    16 * max(1, int(0.008 * self.s)),
+                    max(16, int(0.012 * self.s * 16)),
                     shade,
                     -1,
                     cv2.LINE_AA,
                     self.SHIFT,
                 )
-        upper_y = my - 0.6 * A * _centre(aus, 10) + 0.3 * A * _centre(aus, 24)
+        upper_y = my - 1.0 * A * _centre(aus, 10) + 0.6 * A * _centre(aus, 24)
         lower_y = (
             my
             + 0.5 * A * _centre(aus, 25)
             + 0.9 * A * _centre(aus, 26)
             - 0.4 * A * _centre(aus, 17)
-            - 0.3 * A * _centre(aus, 24)
+            - 0.6 * A * _centre(aus, 24)
         )
         (lx, ly), (rx, ry) = corners
         upper = [(lx, ly), (i.cx, upper_y - lip), (rx, ry)]
@@ -281,10 +285,11 @@ def plan_clip(rng: np.random.Generator, subject: str, name: str, fps: float) -> 
     dur = rng.uniform(0.2, 0.5)  # seconds, onset -> offset
     lead, tail = int(rng.uniform(0.08, 0.2) * fps), int(rng.uniform(0.08, 0.2) * fps)
     span = max(4, int(round(dur * fps)))
-    onset, offset = lead, lead + span
+    # frame numbers as annotation sheets write them: the file number (img1.jpg is frame 1)
+    onset, offset = lead + 1, lead + 1 + span
     apex = onset + max(1, int(span * rng.uniform(0.35, 0.6)))
     label = ClipLabel("synthme", subject, name, name, emotion, tuple(aus), onset, apex, offset)
-    return SynthClip(label, offset + tail + 1, float(rng.uniform(0.7, 1.0)))
+    return SynthClip(label, offset + tail, float(rng.uniform(0.7, 1.0)))
 
 
 def render_clip(ident: Identity, clip: SynthClip, size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -293,7 +298,7 @@ def render_clip(ident: Identity, clip: SynthClip, size: int, rng: np.random.Gene
     lab, frames = clip.label, []
     pos = np.zeros(2)
     for t in range(clip.n_frames):
-        k = clip.peak * intensity(t, lab.onset, lab.apex, lab.offset)
+        k = clip.peak * intensity(t + 1, lab.onset, lab.apex, lab.offset)
         img = painter.draw(list(lab.aus), k)
         pos = 0.95 * pos + rng.normal(0, ident.jitter * 0.1, 2)  # small, slow drift (sub-pixel)
         m = np.float32([[1, 0, pos[0]], [0, 1, pos[1]]])
