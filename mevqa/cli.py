@@ -10,10 +10,11 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from mevqa import __version__
 from mevqa.config import INPUT_MODES, SAMPLINGS, FrameConfig, GenConfig
-from mevqa.errors import MevqaError
+from mevqa.errors import InputError, MevqaError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -122,6 +123,73 @@ def cmd_data_convert(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(a: argparse.Namespace) -> int:
+    from mevqa.data.megc import read_jsonl, row_id
+    from mevqa.evaluation.metrics import score_rows
+    from mevqa.evaluation.report import format_table, write_json
+
+    gold, pred = read_jsonl(a.gold), read_jsonl(a.pred)
+    answers = {row_id(r): str(r.get("answer", "")) for r in pred}
+    unknown = set(answers) - {row_id(r) for r in gold}
+    if unknown:
+        print(
+            f"warning: {len(unknown)} predicted ids are not in --gold (first: {sorted(unknown)[0]})",
+            file=sys.stderr,
+        )
+    metrics = score_rows(gold, answers, a.label_set)
+    if a.out:
+        write_json(Path(a.out) / "metrics.json", metrics)
+    print(json.dumps(metrics, indent=2) if a.json else format_table(metrics))
+    return 0
+
+
+EVAL_FLAGS = (
+    "data",
+    "root",
+    "out",
+    "model",
+    "adapter",
+    "backend",
+    "input",
+    "frames",
+    "sampling",
+    "prompt",
+    "batch_size",
+    "max_new_tokens",
+    "limit",
+    "clip_pattern",
+    "label_set",
+    "seed",
+    "device",
+)
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from mevqa.config import from_dict, load_yaml
+    from mevqa.evaluation.report import format_table
+    from mevqa.evaluation.runner import EvalConfig, run_eval
+
+    values = load_yaml(a.config) if a.config else {}
+    values.update({k: getattr(a, k) for k in EVAL_FLAGS if getattr(a, k) is not None})
+    values.update({k: True for k in ("overwrite",) if getattr(a, k)})
+    if a.no_reuse:
+        values["reuse"] = False
+    missing = [f"--{k}" for k in ("data", "model", "out") if not values.get(k)]
+    if missing:
+        raise InputError(f"{', '.join(missing)} — required (on the command line or in --config)")
+    summary = run_eval(from_dict(EvalConfig, values, a.config or "mevqa eval"))
+    c, run = summary["counts"], summary["run"]
+    print(
+        f"{c['n']} questions, {c['answered']} answered, {c['errors']} errors; "
+        f"{run['answered_this_run']} answered this run in {run['wall_seconds']} s"
+    )
+    if summary["metrics"]:
+        print(format_table(summary["metrics"]))
+    for f in summary["files"]:
+        print(f"  wrote {f}")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="HF model directory or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct)"
@@ -209,6 +277,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("stats", help="label distributions of a MEGC JSONL file")
     p.add_argument("file")
     p.set_defaults(func=cmd_data_stats)
+
+    p = sub.add_parser(
+        "score",
+        help="score predictions against gold answers (MEGC metrics)",
+        description="Match rows by id / video_id, read labels from free text, compute UF1/UAR/...",
+    )
+    p.add_argument("--pred", required=True, help="predictions JSONL (rows with id or video_id + answer)")
+    p.add_argument("--gold", required=True, help="gold JSONL with answers")
+    p.add_argument("--out", help="folder for metrics.json")
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
+    p.add_argument(
+        "--label-set",
+        choices=("gt", "union"),
+        default="gt",
+        help="UF1/UAR classes: ground truth (default) or union with predictions",
+    )
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "eval",
+        help="answer a MEGC file with a model; predictions, metrics, report",
+        description="Batch evaluation, resumable: rerunning skips questions already answered "
+        "with the same settings.",
+    )
+    p.add_argument("--config", help="YAML with the same keys as these flags (flags override it)")
+    p.add_argument("--data", help="MEGC JSONL (train-style with answers, or a test file)")
+    p.add_argument("--root", help="folder holding the clips")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--model", help="HF model directory or Hub id")
+    p.add_argument("--adapter", help="PEFT LoRA adapter folder")
+    p.add_argument("--backend", help="inference backend (default: transformers)")
+    p.add_argument("--input", choices=INPUT_MODES, help="frames (default), video, oao, flow or diff")
+    p.add_argument("--frames", type=int, help="frames for uniform sampling (default: 8)")
+    p.add_argument("--sampling", choices=SAMPLINGS, help="uniform (default), keyframes or all")
+    p.add_argument(
+        "--prompt", choices=("plain", "labels", "hierarchical"), help="prompt strategy (default: plain)"
+    )
+    p.add_argument("--batch-size", type=int, help="questions per generate call (default: 8)")
+    p.add_argument("--max-new-tokens", type=int, help="answer length cap (default: 48)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--clip-pattern", help="clip path under --root, e.g. {dataset}/{subject}/{filename}")
+    p.add_argument("--label-set", choices=("gt", "union"), help="UF1/UAR classes (default: gt)")
+    p.add_argument("--seed", type=int, help="recorded in the report (generation is greedy)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--no-reuse", action="store_true", help="decode and ask per question (benchmark baseline)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out")
+    p.set_defaults(func=cmd_eval)
 
     models = sub.add_parser("models", help="build offline checkpoints").add_subparsers(
         dest="sub", required=True

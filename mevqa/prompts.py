@@ -210,3 +210,50 @@ def to_openai(messages: list[Message], image_format: str = "png") -> list[dict]:
                     )
         out.append({"role": m.role, "content": content})
     return out
+
+
+# ---------------------------------------------------------------- prompt strategies
+PROMPT_STRATEGIES = ("plain", "labels", "hierarchical")
+_AU_HINT = "Answer with the action unit names, comma-separated, from: " + ", ".join(AU_NAMES.values()) + "."
+_COMBINED_HINT = (
+    "Answer in the form: The action units present are: <names>. Therefore, the fine-grained expression class "
+    "is <fine>, and the coarse expression class is <coarse>."
+)
+
+
+def label_hint(qtype: str, coarse: str | None = None) -> str:
+    """The "Answer with one of: ..." sentence for a question type; `coarse` narrows the fine labels."""
+    if qtype == "fine" and coarse in COARSE_LABELS:
+        fine = [f for f in FINE_LABELS if FINE_TO_COARSE[f] == coarse]
+        return f"The coarse expression class is {coarse}. Answer with one of: {', '.join(fine)}."
+    options = {
+        "coarse": COARSE_LABELS,
+        "fine": FINE_LABELS,
+        "au_presence": ("yes", "no"),
+        "au_side": ("left", "right"),
+    }
+    if qtype in options:
+        return f"Answer with one of: {', '.join(options[qtype])}."
+    if qtype == "au_list":
+        return _AU_HINT
+    if qtype == "combined":
+        hint = f" The coarse expression class is {coarse}." if coarse in COARSE_LABELS else ""
+        return _COMBINED_HINT + hint
+    return ""
+
+
+def render_question(question: str, strategy: str, coarse: str | None = None) -> str:
+    """The text sent for `question` under a prompt strategy (`coarse`: the hierarchical stage-1 answer)."""
+    if strategy == "plain":
+        return question
+    qtype, _ = classify(question)
+    hint = label_hint(qtype, coarse if strategy == "hierarchical" else None)
+    return f"{question} {hint}".strip()
+
+
+def prompt_fingerprint(strategy: str) -> str:
+    """A hash of every text the strategy can add, so an edited prompt never reuses stale answers."""
+    import hashlib
+
+    texts = [strategy] + [label_hint(t, c) for t in QUESTION_TYPES for c in (None, *COARSE_LABELS)]
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]

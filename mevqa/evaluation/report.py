@@ -1,0 +1,222 @@
+"""Readable results: a terminal table, report.md and confusion-matrix PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mevqa.evaluation.metrics import METRIC_KEYS
+
+SHORT = {
+    "coarse_uf1": "UF1-C",
+    "coarse_uar": "UAR-C",
+    "fine_uf1": "UF1-F",
+    "fine_uar": "UAR-F",
+    "au_f1": "AU-F1",
+    "au_presence_acc": "AU-pres",
+    "au_side_acc": "AU-side",
+    "bleu": "BLEU",
+    "rouge1": "ROUGE-1",
+    "score": "score",
+    "n": "n",
+    "missing": "missing",
+}
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def table_rows(metrics: dict) -> list[tuple[str, dict]]:
+    return [("overall", metrics["overall"]), *metrics.get("per_dataset", {}).items()]
+
+
+def format_table(metrics: dict) -> str:
+    """Fixed-width table: one row overall, one per dataset."""
+    head = f"{'':<10}" + "".join(f"{SHORT[k]:>9}" for k in METRIC_KEYS)
+    lines = [head] + [
+        f"{name:<10}" + "".join(f"{_cell(m.get(k)):>9}" for k in METRIC_KEYS)
+        for name, m in table_rows(metrics)
+    ]
+    return "\n".join(lines)
+
+
+def markdown_table(metrics: dict) -> str:
+    head = "| | " + " | ".join(SHORT[k] for k in METRIC_KEYS) + " |"
+    sep = "|---" * (len(METRIC_KEYS) + 1) + "|"
+    rows = [
+        f"| {name} | " + " | ".join(_cell(m.get(k)) for k in METRIC_KEYS) + " |"
+        for name, m in table_rows(metrics)
+    ]
+    return "\n".join([head, sep, *rows])
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def confusion_png(gold: list[str], pred: list[str], labels: list[str], title: str, path: str | Path) -> Path:
+    """Row-normalised confusion matrix; predictions outside `labels` are collected as "other"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    cols = [*labels, "other"]
+    pred = [p if p in labels else "other" for p in pred]
+    cm = confusion_matrix(gold, pred, labels=cols)[: len(labels)]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(cols), 1.0 + 0.6 * len(labels)))
+    norm = cm / cm.sum(axis=1, keepdims=True).clip(min=1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(cols)):
+            ax.text(
+                j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black"
+            )
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report_md(
+    path: str | Path, metrics: dict | None, settings: dict, run: dict, worst: list[dict], counts: dict
+) -> Path:
+    """report.md: metrics (overall, per dataset, per question type), worst examples, settings."""
+    out = ["# mevqa evaluation report", ""]
+    out += [f"- questions: {counts['n']}, answered: {counts['answered']}, errors: {counts['errors']}", ""]
+    if metrics:
+        out += [
+            "## Metrics",
+            "",
+            markdown_table(metrics),
+            "",
+            "## Per question type",
+            "",
+            "| type | n | BLEU | ROUGE-1 |",
+            "|---|---|---|---|",
+        ]
+        out += [
+            f"| {t} | {m['n']} | {_cell(m['bleu'])} | {_cell(m['rouge1'])} |"
+            for t, m in metrics["per_question_type"].items()
+        ]
+        out += ["", "Confusion matrices: `confusion_coarse.png`, `confusion_fine.png`.", ""]
+    else:
+        out += ["No gold answers in the input: no metrics (see the submission files).", ""]
+    if worst:
+        out += [
+            "## 10 worst examples",
+            "",
+            "| id | question | gold | answer | ROUGE-1 / error |",
+            "|---|---|---|---|---|",
+        ]
+        for w in worst:
+            cells = [w["id"], w["question"], w["gold"], w["answer"], w["why"]]
+            out.append(
+                "| " + " | ".join(str(c).replace("|", "/").replace("\n", " ")[:120] for c in cells) + " |"
+            )
+        out.append("")
+    out += [
+        "## Settings",
+        "",
+        "```json",
+        json.dumps(settings, indent=2),
+        "```",
+        "",
+        "## Run",
+        "",
+        "```json",
+        json.dumps(run, indent=2),
+        "```",
+        "",
+    ]
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(out))
+    os.replace(tmp, path)
+    return path
+
+
+def _worst(preds: list[dict], k: int = 10) -> list[dict]:
+    """Errors first, then the lowest ROUGE-1 against gold."""
+    from mevqa.evaluation.metrics import rouge1_each
+
+    gold = [p for p in preds if p.get("gold") is not None]
+    scores = rouge1_each([str(p["gold"]) for p in gold], [p["answer"] for p in gold])
+    ranked = sorted(zip(gold, scores), key=lambda x: (not x[0].get("error"), x[1]))
+    return [
+        {
+            "id": p.get("id", p.get("video_id")),
+            "question": p["question"],
+            "gold": p["gold"],
+            "answer": p["answer"],
+            "why": p["error"] or f"{s:.2f}",
+        }
+        for p, s in ranked[:k]
+    ]
+
+
+def _confusions(rows: list[dict], answers: dict[str, str | None], out: Path) -> list[Path]:
+    from mevqa.data.megc import row_id
+    from mevqa.evaluation.parse import parse_label
+    from mevqa.prompts import COARSE_LABELS, FINE_LABELS, classify
+
+    paths = []
+    for qtype, labels in (("coarse", COARSE_LABELS), ("fine", FINE_LABELS)):
+        pairs = [
+            (parse_label(str(r["answer"]), qtype), parse_label(answers.get(row_id(r)) or "", qtype))
+            for r in rows
+            if classify(r["question"])[0] == qtype and str(r.get("answer", "")).strip()
+        ]
+        if pairs:
+            present = [lab for lab in labels if lab in {g for g, _ in pairs}]
+            paths.append(
+                confusion_png(
+                    [g for g, _ in pairs],
+                    [p for _, p in pairs],
+                    present,
+                    f"{qtype} (rows: gold)",
+                    out / f"confusion_{qtype}.png",
+                )
+            )
+    return paths
+
+
+def write_outputs(cfg, rows: list[dict], preds: list[dict], settings: dict, run: dict, test: bool) -> dict:
+    """Submission files (test input), metrics.json + confusion PNGs (gold input) and report.md."""
+    from mevqa.data.megc import row_id, write_submissions
+    from mevqa.evaluation.metrics import score_rows
+
+    out = Path(cfg.out)
+    answers = {row_id(p): (None if p.get("error") else p["answer"]) for p in preds}
+    files = [out / "predictions.jsonl"]
+    if test:
+        files += write_submissions(rows, {k: v or "" for k, v in answers.items()}, out)
+    metrics = None
+    if any(str(r.get("answer", "")).strip() for r in rows):
+        metrics = score_rows(rows, answers, cfg.label_set)
+        metrics["run"] = run
+        metrics["settings"] = settings
+        files.append(write_json(out / "metrics.json", metrics))
+        files += _confusions(rows, answers, out)
+    counts = {
+        "n": len(rows),
+        "answered": sum(v is not None for v in answers.values()),
+        "errors": sum(1 for p in preds if p.get("error")),
+    }
+    files.append(write_report_md(out / "report.md", metrics, settings, run, _worst(preds), counts))
+    return {"metrics": metrics, "files": files, "counts": counts, "run": run}
