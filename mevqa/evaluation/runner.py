@@ -231,9 +231,11 @@ def answer_all(cfg: EvalConfig, backend: Backend, rows: list[dict], writer: Pred
     answerer, errors = Answerer(cfg, backend), 0
     groups = _groups(rows)
     with tqdm(total=len(rows), unit="q", desc="answering", dynamic_ncols=True) as bar:
-        units = _batches(groups, cfg.batch_size) if cfg.reuse else ([[g]] for g in groups)
-        for unit in units:
-            results = answerer.answer(unit) if cfg.reuse else list(answerer.answer_one_by_one(unit[0]))
+        if cfg.reuse:
+            steps = (answerer.answer(batch) for batch in _batches(groups, cfg.batch_size))
+        else:
+            steps = (list(answerer.answer_one_by_one(g)) for g in groups)
+        for results in steps:
             for row, ans in results:
                 writer.write(prediction_row(row, ans, fp))
                 errors += not ans.ok
