@@ -85,3 +85,33 @@ def test_message_renders_same_parts_for_hf_and_openai(clips):
 def test_unknown_backend():
     with pytest.raises(InputError, match="unknown backend"):
         load_backend("nope", model="x")
+
+
+@pytest.mark.parametrize("family,mode", [("qwen", "frames"), ("qwen", "video"), ("idefics", "frames")])
+def test_shared_prefix_gives_the_same_answers(qwen, idefics, clips, family, mode):
+    """A clip's questions prefilled once (shared images + KV cache) answer exactly as when asked apart."""
+    from mevqa.inputs import visual_parts
+    from mevqa.prompts import TEMPLATE_EXAMPLES
+
+    backend = qwen if family == "qwen" else idefics
+    cfg = FrameConfig(frames=4, input=mode)
+    parts = visual_parts(sample(clips["mp4"], cfg), cfg)
+    reqs = [VQARequest(str(i), (Message.user(*parts, q),)) for i, q in enumerate(TEMPLATE_EXAMPLES[:5])]
+    gen = GenConfig(max_new_tokens=12, batch_size=8)
+    calls = []
+
+    def count_vision(module, args, kwargs):
+        calls.append(kwargs.get("pixel_values") is not None or kwargs.get("pixel_values_videos") is not None)
+
+    hook = backend.model.register_forward_pre_hook(count_vision, with_kwargs=True)
+    try:
+        backend.share_prefix = True
+        shared = [a.text for a in backend.generate(reqs, gen)]
+        vision_runs = sum(calls)
+        backend.share_prefix = False
+        plain = [a.text for a in backend.generate(reqs, gen)]
+    finally:
+        backend.share_prefix = True
+        hook.remove()
+    assert shared == plain
+    assert vision_runs == 1  # the images went through the model once for all five questions

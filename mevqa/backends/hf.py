@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 from typing import Any
 
@@ -30,6 +32,13 @@ def _video_kwargs(videos: list[VideoPart]) -> dict[str, Any]:
     return {"videos": [list(v.frames) for v in videos], "video_metadata": meta, "do_sample_frames": False}
 
 
+def _visual_key(r: VQARequest) -> tuple:
+    """Requests with the same key show the model the same image objects after the same turns."""
+    *history, last = r.messages
+    visuals = tuple(id(p) for p in last.parts if not isinstance(p, str))
+    return (tuple(history), last.role, visuals) if visuals else (id(r),)
+
+
 class TransformersBackend:
     """Batched greedy generation with `model.generate`; left padding, one batch per `gen.batch_size`."""
 
@@ -41,9 +50,11 @@ class TransformersBackend:
         processor: ProcessorMixin,
         model_id: str = "",
         adapter: str | None = None,
+        share_prefix: bool = True,
     ):
         self.model, self.processor = model, processor
         self.model_id, self.adapter = model_id, adapter
+        self.share_prefix = share_prefix  # prefill a clip's images once for all its questions
 
     @classmethod
     def from_config(
@@ -65,14 +76,12 @@ class TransformersBackend:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode(self, requests: list[VQARequest]) -> dict[str, Any]:
-        """Processor outputs for a batch (chat template + images/videos), on the model's device."""
-        texts, images, videos = [], [], []
-        for r in requests:
-            chat, imgs, vids = to_hf(list(r.messages))
-            texts.append(self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
-            images.append(imgs)
-            videos.extend(vids)
+    def _render(self, r: VQARequest) -> tuple[str, list, list[VideoPart]]:
+        chat, imgs, vids = to_hf(list(r.messages))
+        text = self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return text, imgs, vids
+
+    def _process(self, texts: list[str], images: list[list], videos: list[VideoPart]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
         if any(images):
             kwargs["images"] = images
@@ -81,15 +90,82 @@ class TransformersBackend:
         kwargs.update(_video_kwargs(videos))
         return self.processor(**kwargs).to(self.device)
 
+    def encode(self, requests: list[VQARequest]) -> dict[str, Any]:
+        """Processor outputs for a batch (chat template + images/videos), on the model's device."""
+        rendered = [self._render(r) for r in requests]
+        return self._process(
+            [t for t, _, _ in rendered], [i for _, i, _ in rendered], [v for _, _, vs in rendered for v in vs]
+        )
+
+    def _sampling(self, gen: GenConfig) -> dict[str, Any]:
+        return {"do_sample": True, "temperature": gen.temperature} if gen.do_sample else {"do_sample": False}
+
     @torch.inference_mode()
     def _generate_batch(self, requests: list[VQARequest], gen: GenConfig) -> list[str]:
         inputs = self.encode(requests)
-        sampling = (
-            {"do_sample": True, "temperature": gen.temperature} if gen.do_sample else {"do_sample": False}
+        out = self.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, **self._sampling(gen))
+        return self._decode(out[:, inputs["input_ids"].shape[1] :])
+
+    def _decode(self, new_tokens: torch.Tensor) -> list[str]:
+        return [t.strip() for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    # ------------------------------------------------------------ shared visual prefix
+    @functools.cached_property
+    def _boundary_tokens(self) -> list[str]:
+        """Special/added token strings: a cut right after one tokenizes the same split or joined."""
+        return sorted(self.processor.tokenizer.get_added_vocab(), key=len, reverse=True)
+
+    def _split_point(self, texts: list[str]) -> int:
+        common = os.path.commonprefix(texts)
+        return max((common.rfind(t) + len(t) for t in self._boundary_tokens if t in common), default=0)
+
+    @torch.inference_mode()
+    def _generate_shared(self, requests: list[VQARequest], gen: GenConfig) -> list[str]:
+        """Questions about the same frames: encode the images and prefill the prompt prefix once.
+
+        The prefix (system turn, every image, up to the question) runs through the model once; its KV
+        cache is repeated for the K questions, whose suffixes are left-padded *after* the prefix (masked),
+        so the vision tower and the long multimodal prefill run once instead of K times.
+        """
+        rendered = [self._render(r) for r in requests]
+        texts = [t for t, _, _ in rendered]
+        cut = self._split_point(texts)
+        prefix = self._process([texts[0][:cut]], [rendered[0][1]], rendered[0][2])
+        cache = self.model(**prefix, use_cache=True).past_key_values
+        tok = self.processor.tokenizer
+        suffixes = [tok(t[cut:], add_special_tokens=False)["input_ids"] for t in texts]
+        k, p, s = len(requests), prefix["input_ids"].shape[1], max(map(len, suffixes))
+        ids = torch.full((k, p + s), tok.pad_token_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((k, p + s), dtype=torch.long, device=self.device)
+        ids[:, :p], mask[:, :p] = prefix["input_ids"], prefix["attention_mask"]
+        for i, suf in enumerate(suffixes):
+            ids[i, p + s - len(suf) :] = torch.tensor(suf, device=self.device)
+            mask[i, p + s - len(suf) :] = 1
+        cache.batch_repeat_interleave(k)
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            past_key_values=cache,
+            max_new_tokens=gen.max_new_tokens,
+            **self._sampling(gen),
         )
-        out = self.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, **sampling)
-        new = out[:, inputs["input_ids"].shape[1] :]
-        return [t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True)]
+        return self._decode(out[:, p + s :])
+
+    def _texts(self, batch: list[VQARequest], gen: GenConfig) -> list[str]:
+        """Group the batch by shared visual input; groups of 2+ take the shared-prefix path."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(batch):
+            groups.setdefault(_visual_key(r) if self.share_prefix else (i,), []).append(i)
+        texts: list[str] = [""] * len(batch)
+        singles = [ix[0] for ix in groups.values() if len(ix) == 1]
+        for ix in groups.values():
+            if len(ix) > 1:
+                for i, t in zip(ix, self._generate_shared([batch[i] for i in ix], gen)):
+                    texts[i] = t
+        if singles:
+            for i, t in zip(singles, self._generate_batch([batch[i] for i in singles], gen)):
+                texts[i] = t
+        return texts
 
     def generate(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
         answers: list[Answer] = []
@@ -97,7 +173,7 @@ class TransformersBackend:
             batch = requests[i : i + gen.batch_size]
             t0 = time.perf_counter()
             try:
-                texts = self._generate_batch(batch, gen)
+                texts = self._texts(batch, gen)
             except (ValueError, RuntimeError, IndexError) as e:
                 if len(batch) > 1:  # isolate the request that failed; the others still get answers
                     answers += [a for r in batch for a in self.generate([r], gen)]

@@ -34,9 +34,8 @@ from mevqa.data.megc import (
     write_jsonl,
 )
 from mevqa.errors import InputError, MevqaError
-from mevqa.inputs import load_clip, question_message
-from mevqa.prompts import PROMPT_STRATEGIES, Q_COARSE, prompt_fingerprint, render_question
-from mevqa.video import ClipFrames
+from mevqa.inputs import load_clip, visual_parts
+from mevqa.prompts import PROMPT_STRATEGIES, Q_COARSE, Message, Part, prompt_fingerprint, render_question
 
 log = logging.getLogger(__name__)
 
@@ -165,24 +164,27 @@ class Answerer:
     def __init__(self, cfg: EvalConfig, backend: Backend):
         self.cfg, self.backend = cfg, backend
         self.fcfg, self.gen = cfg.frame_config(), cfg.gen_config()
-        self._cached: tuple[str, ClipFrames] | None = None
+        self._cached: tuple[str, list[Part]] | None = None
 
-    def _clip(self, row: dict) -> ClipFrames:
-        """The decoded clip; with reuse, the last one is kept for the rest of its questions."""
+    def _parts(self, row: dict) -> list[Part]:
+        """The clip's images (decoded, sampled, flow computed); with reuse, kept for its other questions.
+
+        The same image objects then go into every question's message, which is what lets the backend
+        see that the questions share their visual prefix.
+        """
         key = clip_key(row)
         if self.cfg.reuse and self._cached and self._cached[0] == key:
             return self._cached[1]
         path = resolve_clip(row, self.cfg.root or ".", self.cfg.clip_pattern)
-        clip = load_clip(path, self.fcfg, *_keyframes(row))
-        self._cached = (key, clip)
-        return clip
+        parts = visual_parts(load_clip(path, self.fcfg, *_keyframes(row)), self.fcfg)
+        self._cached = (key, parts)
+        return parts
 
     def _requests(self, group: list[dict], coarse: str | None = None) -> list[VQARequest]:
-        clip = self._clip(group[0])  # decoded and preprocessed once for every question of the clip
+        parts = self._parts(group[0])
         return [
             VQARequest(
-                row_id(r),
-                (question_message(clip, render_question(r["question"], self.cfg.prompt, coarse), self.fcfg),),
+                row_id(r), (Message.user(*parts, render_question(r["question"], self.cfg.prompt, coarse)),)
             )
             for r in group
         ]
