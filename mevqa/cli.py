@@ -190,6 +190,18 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from mevqa.bench import format_results, run
+
+    results = run(
+        a.name, Path(a.out) if a.out else None, a.model, clips=a.clips, size=a.size, repeat=a.repeat
+    )
+    print(format_results(results))
+    if a.out:
+        print(f"wrote {Path(a.out) / (a.name + '.json')}")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="HF model directory or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct)"
@@ -324,6 +336,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reuse", action="store_true", help="decode and ask per question (benchmark baseline)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "bench",
+        help="speed benchmarks, as ratios measured in one run",
+        description="sampling: sparse vs full decode; reuse: per-clip reuse in eval; overhead: "
+        "harness vs bare generate; batching: batch 1/4/16; all: every one.",
+    )
+    p.add_argument("name", choices=("sampling", "reuse", "overhead", "batching", "all"))
+    p.add_argument("--out", help="folder for <name>.json")
+    p.add_argument(
+        "--model", help="model for the eval benchmarks (default: a tiny Qwen2.5-VL built on the fly)"
+    )
+    p.add_argument("--clips", type=int, default=8, help="SynthME clips for the eval benchmarks (default: 8)")
+    p.add_argument("--size", type=int, default=112, help="SynthME frame size (default: 112)")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="timed repeats per variant, median kept (default: 3)"
+    )
+    p.set_defaults(func=cmd_bench)
 
     models = sub.add_parser("models", help="build offline checkpoints").add_subparsers(
         dest="sub", required=True

@@ -228,11 +228,18 @@ def _batches(groups: list[list[dict]], size: int) -> Iterator[list[list[dict]]]:
         yield batch
 
 
-def answer_all(cfg: EvalConfig, backend: Backend, rows: list[dict], writer: PredictionWriter, fp: str) -> int:
+def answer_all(
+    cfg: EvalConfig,
+    backend: Backend,
+    rows: list[dict],
+    writer: PredictionWriter,
+    fp: str,
+    progress: bool = True,
+) -> int:
     """Answer `rows` (the pending ones) with a progress bar; returns how many got an error."""
     answerer, errors = Answerer(cfg, backend), 0
     groups = _groups(rows)
-    with tqdm(total=len(rows), unit="q", desc="answering", dynamic_ncols=True) as bar:
+    with tqdm(total=len(rows), unit="q", desc="answering", dynamic_ncols=True, disable=not progress) as bar:
         if cfg.reuse:
             steps = (answerer.answer(batch) for batch in _batches(groups, cfg.batch_size))
         else:

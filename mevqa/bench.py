@@ -1,0 +1,302 @@
+"""`mevqa bench <name>`: speed measured as ratios of variants timed side by side in one run.
+
+These machines are shared and noisy, so every benchmark times its variants in the same process,
+alternating, and reports the ratio; absolute times are printed for context only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCHES = ("sampling", "reuse", "overhead", "batching")
+
+
+def timeit(fn: Callable[[], Any], repeat: int = 3) -> float:
+    """Median wall time of `repeat` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------- sampling
+def make_video(path: Path, seconds: float = 2.0, fps: int = 200, size: tuple[int, int] = (640, 480)) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), (9, 9), 0)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(int(seconds * fps)):
+        f = np.roll(base, i % 7, axis=1)
+        cv2.circle(f, (size[0] // 2, size[1] // 2), 20 + i % 30, (0, 0, 255), -1)
+        w.write(f)
+    w.release()
+    return path
+
+
+def bench_sampling(
+    work: Path, seconds: float = 2.0, size: tuple[int, int] = (640, 480), frames: int = 8, repeat: int = 3
+) -> dict:
+    import av
+    import cv2
+    import decord
+
+    from mevqa.config import FrameConfig
+    from mevqa.video import open_clip, sample
+
+    video = make_video(work / "clip.mp4", seconds, 200, size)
+    folder = work / "frames"
+    folder.mkdir(exist_ok=True)
+    vr = decord.VideoReader(str(video))
+    for i in range(len(vr)):
+        cv2.imwrite(str(folder / f"img{i + 1}.jpg"), vr[i].asnumpy()[..., ::-1])
+    n = len(vr)
+    cfg = FrameConfig(frames=frames)
+
+    def pyav_all() -> int:
+        with av.open(str(video)) as c:
+            return sum(1 for f in c.decode(video=0) if f.to_ndarray(format="rgb24") is not None)
+
+    t = {
+        "decord_sparse": timeit(lambda: sample(video, cfg), repeat),
+        "decord_full": timeit(
+            lambda: decord.VideoReader(str(video)).get_batch(list(range(n))).asnumpy(), repeat
+        ),
+        "pyav_full": timeit(pyav_all, repeat),
+        "folder_sparse": timeit(lambda: sample(folder, cfg), repeat),
+        "folder_full": timeit(lambda: open_clip(folder).read(list(range(n))), repeat),
+    }
+    return {
+        "frames_in_clip": n,
+        "sampled": frames,
+        "size": list(size),
+        "seconds": t,
+        "ratios": {
+            "decord_full / decord_sparse": t["decord_full"] / t["decord_sparse"],
+            "pyav_full / decord_sparse": t["pyav_full"] / t["decord_sparse"],
+            "folder_full / folder_sparse": t["folder_full"] / t["folder_sparse"],
+        },
+        "target": "sparse >= 5x faster than full",
+    }
+
+
+# ---------------------------------------------------------------- eval workloads
+def test_like_rows(root: Path, per_clip: int = 5) -> list[dict]:
+    """Five questions per clip, like the MEGC test files (coarse, fine, AUs, presence, combined)."""
+    from mevqa.data.megc import read_jsonl
+    from mevqa.prompts import classify
+
+    keep = ("coarse", "fine", "au_list", "au_presence", "combined")
+    rows, seen = [], {}
+    for r in read_jsonl(root / "train.jsonl") + read_jsonl(root / "test.jsonl"):
+        qtype = classify(r["question"])[0]
+        key = (r["image_id"], qtype)
+        if qtype in keep and key not in seen and sum(k[0] == r["image_id"] for k in seen) < per_clip:
+            seen[key] = True
+            rows.append(r)
+    return rows
+
+
+@dataclasses.dataclass
+class Workload:
+    root: Path
+    rows: list[dict]
+    backend: Any
+    model: str
+
+
+def workload(work: Path, model: str | None, clips: int, size: int, device: str = "auto") -> Workload:
+    from mevqa.backends.base import load_backend
+    from mevqa.data.synth import synthesize
+    from mevqa.models.tiny import build_tiny
+
+    if model is None:
+        model = str(build_tiny("qwen2_5_vl", work / "tiny-qwen2_5_vl"))
+    root = synthesize(
+        work / "synthme", subjects=max(1, clips // 4), clips_per_subject=min(4, clips), size=size
+    )
+    return Workload(
+        root, test_like_rows(root), load_backend("transformers", model=model, device=device), model
+    )
+
+
+def run_answers(
+    wl: Workload, reuse: bool, share_prefix: bool, batch_size: int, frames: int = 8, max_new_tokens: int = 16
+) -> float:
+    """Seconds to answer every row through the eval runner (writing predictions to a temp file)."""
+    from mevqa.evaluation.runner import EvalConfig, PredictionWriter, answer_all
+
+    cfg = EvalConfig(
+        data="-",
+        out="-",
+        model=wl.model,
+        root=str(wl.root),
+        frames=frames,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        reuse=reuse,
+    )
+    wl.backend.share_prefix = share_prefix
+    with tempfile.TemporaryDirectory() as d:
+        writer = PredictionWriter(Path(d) / "p.jsonl")
+        t0 = time.perf_counter()
+        answer_all(cfg, wl.backend, wl.rows, writer, "bench", progress=False)
+        writer.close()
+        return time.perf_counter() - t0
+
+
+def bench_reuse(wl: Workload, repeat: int = 3, batch_size: int = 5) -> dict:
+    variants = {
+        "no reuse (decode + ask per question)": dict(reuse=False, share_prefix=False),
+        "decode once per clip": dict(reuse=True, share_prefix=False),
+        "decode once + shared prefix (vision, KV)": dict(reuse=True, share_prefix=True),
+    }
+    t = {
+        k: timeit(lambda v=v: run_answers(wl, batch_size=batch_size, **v), repeat)
+        for k, v in variants.items()
+    }
+    base = t["no reuse (decode + ask per question)"]
+    n = len(wl.rows)
+    return {
+        "questions": n,
+        "seconds": t,
+        "questions_per_second": {k: n / v for k, v in t.items()},
+        "ratios": {f"{k} vs no reuse": base / v for k, v in t.items()},
+        "target": "full reuse >= 3x",
+    }
+
+
+def bench_batching(wl: Workload, sizes: tuple[int, ...] = (1, 4, 16), repeat: int = 3) -> dict:
+    t = {
+        b: timeit(lambda b=b: run_answers(wl, reuse=True, share_prefix=False, batch_size=b), repeat)
+        for b in sizes
+    }
+    n = len(wl.rows)
+    return {
+        "questions": n,
+        "questions_per_second": {str(b): n / v for b, v in t.items()},
+        "ratios": {f"batch {b} vs batch {sizes[0]}": t[sizes[0]] / v for b, v in t.items()},
+    }
+
+
+def bench_overhead(wl: Workload, repeat: int = 3, batch_size: int = 5, max_new_tokens: int = 16) -> dict:
+    """The harness vs a bare loop of `model.generate` over the same prepared inputs (same batches)."""
+    import torch
+
+    from mevqa.backends.base import VQARequest
+    from mevqa.config import FrameConfig
+    from mevqa.data.megc import clip_key, resolve_clip
+    from mevqa.inputs import load_clip, visual_parts
+    from mevqa.prompts import Message
+
+    be = wl.backend
+    groups: dict[str, list[dict]] = {}
+    for r in wl.rows:
+        groups.setdefault(clip_key(r), []).append(r)
+    prepared = []
+    for g in groups.values():
+        parts = visual_parts(load_clip(resolve_clip(g[0], wl.root), FrameConfig()), FrameConfig())
+        reqs = [VQARequest(r["id"], (Message.user(*parts, r["question"]),)) for r in g]
+        prepared.append(be.encode(reqs))
+
+    def bare() -> None:
+        with torch.inference_mode():
+            for inputs in prepared:
+                out = be.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+                be.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    t_bare = timeit(bare, repeat)
+    t_harness = timeit(
+        lambda: run_answers(
+            wl, reuse=True, share_prefix=False, batch_size=batch_size, max_new_tokens=max_new_tokens
+        ),
+        repeat,
+    )
+    return {
+        "questions": len(wl.rows),
+        "seconds": {"bare generate loop": t_bare, "mevqa eval loop": t_harness},
+        "ratios": {"harness throughput / bare throughput": t_bare / t_harness},
+        "note": "the harness also decodes clips and preprocesses; the bare loop gets inputs prepared",
+        "target": ">= 0.95",
+    }
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.machine(),
+        "cpus": _cpus(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run(
+    name: str,
+    out: Path | None = None,
+    model: str | None = None,
+    clips: int = 8,
+    size: int = 112,
+    repeat: int = 3,
+    video_seconds: float = 2.0,
+    video_size: tuple[int, int] = (640, 480),
+) -> dict:
+    """Run one benchmark (or `all`), return its results and write `<out>/<name>.json`."""
+    names = BENCHES if name == "all" else (name,)
+    results: dict[str, Any] = {"environment": environment()}
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        wl = workload(work, model, clips, size) if set(names) - {"sampling"} else None
+        for n in names:
+            if n == "sampling":
+                results[n] = bench_sampling(work, video_seconds, video_size, repeat=repeat)
+            elif n == "reuse":
+                results[n] = bench_reuse(wl, repeat)
+            elif n == "overhead":
+                results[n] = bench_overhead(wl, repeat)
+            elif n == "batching":
+                results[n] = bench_batching(wl, repeat=repeat)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def format_results(results: dict) -> str:
+    lines = []
+    for name, r in results.items():
+        if name == "environment":
+            continue
+        lines.append(f"== {name}")
+        for key in ("seconds", "questions_per_second"):
+            for k, v in r.get(key, {}).items():
+                lines.append(f"  {k:<48} {v:10.4f} {'s' if key == 'seconds' else 'q/s'}")
+        for k, v in r.get("ratios", {}).items():
+            lines.append(f"  {k:<48} {v:10.2f}x")
+        if "target" in r:
+            lines.append(f"  target: {r['target']}")
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""The benchmarks run end to end at tiny sizes (no timing assertions: speed is measured, not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+from mevqa.bench import bench_sampling, format_results, run
+
+
+def test_sampling_bench_small(tmp_path):
+    r = bench_sampling(tmp_path, seconds=0.2, size=(64, 48), frames=4, repeat=1)
+    assert r["frames_in_clip"] == 40 and set(r["ratios"]) == {
+        "decord_full / decord_sparse",
+        "pyav_full / decord_sparse",
+        "folder_full / folder_sparse",
+    }
+    assert all(v > 0 for v in r["seconds"].values())
+
+
+def test_eval_benches_small(tiny_qwen, tmp_path):
+    res = run(
+        "all",
+        tmp_path / "out",
+        model=str(tiny_qwen),
+        clips=2,
+        size=64,
+        repeat=1,
+        video_seconds=0.1,
+        video_size=(64, 48),
+    )
+    assert set(res) == {"environment", "sampling", "reuse", "overhead", "batching"}
+    assert res["reuse"]["questions"] == 10  # 2 clips x 5 questions
+    assert json.loads((tmp_path / "out" / "all.json").read_text())["batching"]["questions_per_second"]
+    assert "decode once + shared prefix" in format_results(res)
+
+
+def test_bench_cli_help():
+    r = run_cli("bench", "--help")
+    assert r.returncode == 0 and "sampling" in r.stdout
