@@ -202,6 +202,75 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_FLAGS = (
+    "data",
+    "root",
+    "model",
+    "out",
+    "method",
+    "eval_data",
+    "input",
+    "frames",
+    "prompt",
+    "lora_r",
+    "lora_alpha",
+    "lr",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "device",
+)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from mevqa.config import from_dict, load_yaml
+    from mevqa.train.lora import TrainConfig, train
+
+    values = load_yaml(a.config) if a.config else {}
+    values.update({k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None})
+    values.update(
+        {k: True for k in ("resume", "lora_vision", "lora_projector", "grad_checkpointing") if getattr(a, k)}
+    )
+    missing = [f"--{k}" for k in ("data", "model", "out") if not values.get(k)]
+    if missing:
+        raise InputError(f"{', '.join(missing)} — required (on the command line or in --config)")
+    cfg = from_dict(TrainConfig, values, a.config or "mevqa train")
+    if Path(cfg.out, "adapter_config.json").exists() and not cfg.resume and not a.overwrite:
+        raise InputError(f"--out {cfg.out} — already holds an adapter; pass --resume or --overwrite")
+    metrics = train(cfg)
+    best = metrics.get("best_held_out_coarse_uf1")
+    loss = metrics["train_loss"][-1][1] if metrics.get("train_loss") else float("nan")
+    print(
+        f"trained {metrics['steps']} steps; final loss {loss:.4f}; best held-out coarse UF1 "
+        f"{'—' if best is None else f'{best:.3f}'}"
+    )
+    print(f"wrote {cfg.out}")
+    return 0
+
+
+def cmd_adapters_list(a: argparse.Namespace) -> int:
+    from mevqa.train.adapters import list_adapters
+
+    rows = list_adapters(a.dir)
+    if not rows:
+        print(f"no adapters in {a.dir}")
+        return 0
+    print(f"{'name':<24}{'base':<40}{'rank':>5}  {'input':<8}{'best UF1-C':>10}")
+    for r in rows:
+        best = "—" if r["best_coarse_uf1"] is None else f"{r['best_coarse_uf1']:.3f}"
+        print(f"{r['name']:<24}{str(r['base'])[-39:]:<40}{str(r['rank']):>5}  {r['input']:<8}{best:>10}")
+    return 0
+
+
+def cmd_adapters_merge(a: argparse.Namespace) -> int:
+    from mevqa.train.adapters import merge, resolve_adapter
+
+    print(f"wrote {merge(resolve_adapter(a.name, a.dir), a.model, a.out)}")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="HF model directory or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct)"
@@ -354,6 +423,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat", type=int, default=3, help="timed repeats per variant, median kept (default: 3)"
     )
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a LoRA adapter (or QLoRA / full) on MEGC-style QA",
+        description="Loss on answer tokens only; LoRA on the language model by default (what vLLM "
+        "serves). Multi-GPU: accelerate launch -m mevqa train ...",
+    )
+    p.add_argument("--config", help="recipe YAML (adapters/recipes/*.yaml); flags override it")
+    p.add_argument("--data", help="training JSONL")
+    p.add_argument("--root", help="folder holding the clips")
+    p.add_argument("--model", help="base model directory or Hub id")
+    p.add_argument("--out", help="adapter folder to write, e.g. adapters/my-lora")
+    p.add_argument("--method", choices=("lora", "qlora", "full"), help="default: lora")
+    p.add_argument("--eval-data", help="held-out JSONL scored after every epoch")
+    p.add_argument("--input", choices=INPUT_MODES, help="frames (default), video, oao, flow or diff")
+    p.add_argument("--frames", type=int, help="frames per clip (default: 8)")
+    p.add_argument(
+        "--prompt", choices=("plain", "labels", "hierarchical"), help="prompt strategy (default: plain)"
+    )
+    p.add_argument("--lora-r", type=int, help="LoRA rank (default: 16)")
+    p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default: 32)")
+    p.add_argument(
+        "--lora-vision", action="store_true", help="also LoRA the vision tower (vLLM ignores it by default)"
+    )
+    p.add_argument("--lora-projector", action="store_true", help="also LoRA the vision-language projector")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-4)")
+    p.add_argument("--epochs", type=float, help="default: 3")
+    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    p.add_argument("--batch-size", type=int, help="per device (default: 1)")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default: 8)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda (default: auto)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
+    p.set_defaults(func=cmd_train)
+
+    adapters = sub.add_parser("adapters", help="list / merge trained adapters").add_subparsers(
+        dest="sub", required=True
+    )
+    p = adapters.add_parser("list", help="name, base, rank, input mode, best held-out score")
+    p.add_argument("--dir", default="adapters", help="adapters folder (default: adapters)")
+    p.set_defaults(func=cmd_adapters_list)
+    p = adapters.add_parser("merge", help="merge an adapter into its base (a plain checkpoint)")
+    p.add_argument("name", help="adapter folder name under --dir, or a path")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--model", help="base model (default: the one recorded in mevqa.yaml)")
+    p.add_argument("--dir", default="adapters", help="adapters folder (default: adapters)")
+    p.set_defaults(func=cmd_adapters_merge)
 
     models = sub.add_parser("models", help="build offline checkpoints").add_subparsers(
         dest="sub", required=True

@@ -21,7 +21,7 @@ from mevqa.prompts import VideoPart, to_hf
 log = logging.getLogger(__name__)
 
 
-def _video_kwargs(videos: list[VideoPart]) -> dict[str, Any]:
+def video_kwargs(videos: list[VideoPart]) -> dict[str, Any]:
     """Frames plus metadata saying they were sampled at `fps` (the frames are already selected)."""
     if not videos:
         return {}
@@ -87,7 +87,7 @@ class TransformersBackend:
             kwargs["images"] = images
         if videos and getattr(self.processor, "video_processor", None) is None:
             raise ModelError(f"--model {self.model_id} — its processor takes images only; use --input frames")
-        kwargs.update(_video_kwargs(videos))
+        kwargs.update(video_kwargs(videos))
         return self.processor(**kwargs).to(self.device)
 
     def encode(self, requests: list[VQARequest]) -> dict[str, Any]:
