@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mevqa.data.qa import AU, ClipLabel, build_rows
+from mevqa.prompts import FINE_TO_COARSE
 
 # emotion -> list of alternative AU recipes; "L"/"R" marks a unilateral AU (side drawn per clip)
 EMOTION_RULES: dict[str, list[list[str]]] = {
@@ -271,7 +272,10 @@ class SynthClip:
 
 def plan_clip(rng: np.random.Generator, subject: str, name: str, fps: float) -> SynthClip:
     """Choose emotion, AUs (with sides), timing and peak intensity for one clip."""
-    emotion = str(rng.choice(list(EMOTION_RULES)))
+    # Coarse classes are drawn evenly (then the fine emotion within it), so that a held-out split of a few
+    # dozen clips has every coarse class; real sets are skewed to negative, which UF1/UAR then average out.
+    coarse = str(rng.choice(["positive", "negative", "surprise"]))
+    emotion = str(rng.choice([e for e in EMOTION_RULES if FINE_TO_COARSE[e] == coarse]))
     recipes = EMOTION_RULES[emotion]
     recipe = recipes[int(rng.integers(len(recipes)))]
     aus = []

@@ -86,7 +86,9 @@ def _corpus() -> list[str]:
         "left",
         "right",
     ]
-    lines = [*prompts.TEMPLATE_EXAMPLES, " ".join(words)]
+    # each word also alone on a line: an answer starts right after "assistant\n" with no leading space,
+    # and a label split into four rare pieces there is much harder to learn than one token
+    lines = [*prompts.TEMPLATE_EXAMPLES, " ".join(words), *words, *(w.capitalize() for w in words)]
     lines += [
         f"The action units present are: {a}. Therefore, the fine-grained expression class is {f}, "
         f"and the coarse expression class is {c}."

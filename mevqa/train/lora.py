@@ -30,7 +30,7 @@ METHODS = ("lora", "qlora", "full")
 # what vLLM serves LoRA on by default.
 LM_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 VISION_TARGETS = r".*(visual\.blocks|vision_model\.encoder).*\.(qkv|proj|q_proj|k_proj|v_proj|out_proj|fc1|fc2|gate_proj|up_proj|down_proj)"  # noqa: E501
-PROJECTOR_TARGETS = r".*(visual\.merger\.mlp\.\d+|connector\.modality_projection\.proj)"
+PROJECTOR_TARGETS = r".*(visual\.merger\.mlp\.[02]|connector\.modality_projection\.proj)"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,235 @@
+"""LoRA training: only adapter weights move, loss only on answers, save/load round trip, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import has_gpu, run_cli
+
+from mevqa.backends.base import load_backend
+from mevqa.errors import InputError
+from mevqa.models.loading import pick_device
+from mevqa.train.data import IGNORE, AnswerOnlyCollator, QADataset
+from mevqa.train.lora import TrainConfig, build_model, load_rows, train
+
+
+def cfg_for(synthme, model, out, **kw) -> TrainConfig:
+    base = dict(
+        data=str(synthme / "train.jsonl"),
+        out=str(out),
+        model=str(model),
+        root=str(synthme),
+        frames=2,
+        batch_size=2,
+        grad_accum=1,
+        lr=2e-3,
+        max_steps=4,
+        save_every=0,
+        max_new_tokens=8,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def batch_of(cfg, processor, n=2):
+    ds = QADataset(load_rows(cfg.data, cfg)[:n], cfg.root, cfg.frame_config())
+    return AnswerOnlyCollator(processor)([ds[i] for i in range(n)])
+
+
+def test_loss_only_on_answer_tokens(synthme, tiny_qwen, tmp_path):
+    from mevqa.models.loading import load_processor
+
+    cfg = cfg_for(synthme, tiny_qwen, tmp_path / "a")
+    proc = load_processor(str(tiny_qwen))
+    rows = load_rows(cfg.data, cfg)[:2]
+    batch = batch_of(cfg, proc)
+    for i, row in enumerate(rows):
+        labelled = batch["labels"][i][batch["labels"][i] != IGNORE]
+        text = proc.tokenizer.decode(labelled)
+        assert text == f"{row['answer']}<|im_end|>\n", text
+        prompt_len = int(batch["attention_mask"][i].sum()) - len(labelled)
+        assert (batch["labels"][i][:prompt_len] == IGNORE).all()  # the question and images carry no loss
+        assert (batch["labels"][i][batch["attention_mask"][i] == 0] == IGNORE).all()  # nor the padding
+
+
+def test_one_step_changes_only_lora_weights(synthme, tiny_qwen, tmp_path):
+    from mevqa.models.loading import load_processor
+
+    cfg = cfg_for(synthme, tiny_qwen, tmp_path / "a")
+    model = build_model(cfg, "cpu")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(**batch_of(cfg, load_processor(str(tiny_qwen)))).loss.backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert changed and changed <= trainable and all("lora_" in n for n in trainable)
+    assert any("lora_B" in n for n in changed)
+    assert not any("visual" in n for n in trainable)  # language model only, by default
+
+
+def test_train_lowers_loss_and_adapter_round_trips(synthme, tiny_qwen, tmp_path):
+    out = tmp_path / "lora"
+    metrics = train(
+        cfg_for(
+            synthme,
+            tiny_qwen,
+            out,
+            max_steps=30,
+            batch_size=4,
+            lr=5e-3,
+            eval_data=str(synthme / "test.jsonl"),
+            eval_limit=6,
+            question_types=("coarse",),
+            frames=2,
+            eval_every=15,
+        )
+    )
+    losses = [v for _, v in metrics["train_loss"]]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+    assert [e["step"] for e in metrics["held_out"]] == [15, 30]
+    for f in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "mevqa.yaml",
+        "metrics.json",
+        "training.png",
+    ):
+        assert (out / f).is_file(), f
+    import yaml
+
+    recipe = yaml.safe_load((out / "mevqa.yaml").read_text())
+    assert recipe["base_config_hash"] and recipe["input"] == "frames" and recipe["rank"] == 16
+    # reload from disk: identical logits to the in-memory model, different from the base
+    from mevqa.models.loading import load_processor
+
+    proc = load_processor(str(tiny_qwen))
+    cfg = cfg_for(synthme, tiny_qwen, out)
+    batch = batch_of(cfg, proc)
+    tuned = load_backend("transformers", model=str(tiny_qwen), adapter=str(out), device="cpu").model
+    base = load_backend("transformers", model=str(tiny_qwen), device="cpu").model
+    with torch.no_grad():
+        lt, lb = tuned(**batch).logits, base(**batch).logits
+    assert not torch.allclose(lt, lb, atol=1e-3)
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    again = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_qwen), out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).logits, lt)
+
+
+def test_interrupt_and_resume_reach_the_same_step(synthme, tiny_qwen, tmp_path):
+    out = tmp_path / "lora"
+    args = [
+        "train",
+        "--data",
+        str(synthme / "train.jsonl"),
+        "--root",
+        str(synthme),
+        "--model",
+        str(tiny_qwen),
+        "--out",
+        str(out),
+        "--max-steps",
+        "40",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+        "--frames",
+        "2",
+    ]
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("save_every: 5\n")
+    cmd = [sys.executable, "-m", "mevqa", *args, "--config", str(cfg)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and not (out / "checkpoints" / "step-10").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoints" / "step-5").exists() and not (out / "adapter_config.json").exists()
+    r = run_cli(*args, "--config", str(cfg), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "trained 40 steps" in r.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    steps = [s for s, _ in metrics["train_loss"]]
+    assert steps[-1] == 40 and steps == sorted(set(steps)) and steps[0] == 1
+
+
+def test_qlora_on_cpu_is_a_clear_error(synthme, tiny_qwen, tmp_path):
+    if pick_device() != "cpu":
+        pytest.skip("this checks the CPU refusal")
+    r = run_cli(
+        "train",
+        "--data",
+        str(synthme / "train.jsonl"),
+        "--root",
+        str(synthme),
+        "--model",
+        str(tiny_qwen),
+        "--out",
+        str(tmp_path / "q"),
+        "--method",
+        "qlora",
+        "--max-steps",
+        "1",
+    )
+    assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_recipe_and_existing_out(synthme, tiny_qwen, tmp_path):
+    with pytest.raises(InputError, match="method"):
+        cfg_for(synthme, tiny_qwen, tmp_path, method="dora")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "adapter_config.json").write_text("{}")
+    r = run_cli(
+        "train",
+        "--data",
+        str(synthme / "train.jsonl"),
+        "--model",
+        str(tiny_qwen),
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert r.returncode == 2 and "--resume or --overwrite" in r.stderr
+
+
+def test_adapters_list_and_merge(synthme, tiny_qwen, tmp_path):
+    root = tmp_path / "adapters"
+    train(cfg_for(synthme, tiny_qwen, root / "demo-lora", max_steps=2))
+    r = run_cli("adapters", "list", "--dir", str(root))
+    assert r.returncode == 0 and "demo-lora" in r.stdout and "frames" in r.stdout
+    merged = tmp_path / "merged"
+    r = run_cli("adapters", "merge", "demo-lora", "--dir", str(root), "--out", str(merged))
+    assert r.returncode == 0, r.stderr
+    from mevqa.models.loading import load_processor
+
+    batch = batch_of(cfg_for(synthme, tiny_qwen, root), load_processor(str(tiny_qwen)))
+    a = load_backend(
+        "transformers", model=str(tiny_qwen), adapter=str(root / "demo-lora"), device="cpu"
+    ).model
+    b = load_backend("transformers", model=str(merged), device="cpu").model
+    with torch.no_grad():
+        torch.testing.assert_close(a(**batch).logits, b(**batch).logits, atol=1e-4, rtol=1e-4)
+    bad = run_cli("adapters", "merge", "../../etc", "--dir", str(root), "--out", str(tmp_path / "m2"))
+    assert bad.returncode == 2 and "not a folder inside" in bad.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_gpu(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_gpu_bf16_lora_and_qlora(synthme, tiny_qwen, tmp_path, method):
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+    metrics = train(
+        cfg_for(synthme, tiny_qwen, tmp_path / method, method=method, max_steps=10, device="cuda")
+    )
+    assert metrics["steps"] == 10 and all(v == v for _, v in metrics["train_loss"])
