@@ -28,7 +28,12 @@ def cmd_ask(a: argparse.Namespace) -> int:
     )
     clip = load_clip(a.clip, cfg, a.onset, a.apex, a.offset)  # bad clips fail before a model is loaded
     backend = load_backend(
-        a.backend, model=a.model, adapter=a.adapter, device=a.device, trust_remote_code=a.trust_remote_code
+        a.backend,
+        model=a.model,
+        adapter=a.adapter,
+        device=a.device,
+        trust_remote_code=a.trust_remote_code,
+        **_server_kwargs(a),
     )
     t0 = time.perf_counter()
     (ans,) = backend.generate(
@@ -161,6 +166,10 @@ EVAL_FLAGS = (
     "label_set",
     "seed",
     "device",
+    "base_url",
+    "api_key",
+    "concurrency",
+    "image_format",
 )
 
 
@@ -177,6 +186,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
     missing = [f"--{k}" for k in ("data", "model", "out") if not values.get(k)]
     if missing:
         raise InputError(f"{', '.join(missing)} — required (on the command line or in --config)")
+    if values.get("adapter"):  # the adapter's recorded input mode and prompt, unless set here
+        from mevqa.train.adapters import recipe
+
+        recorded = recipe(values["adapter"])
+        values.update(
+            {
+                k: recorded[k]
+                for k in ("input", "frames", "sampling", "prompt")
+                if k in recorded and k not in values
+            }
+        )
     summary = run_eval(from_dict(EvalConfig, values, a.config or "mevqa eval"))
     c, run = summary["counts"], summary["run"]
     print(
@@ -271,12 +291,51 @@ def cmd_adapters_merge(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from mevqa.serve import plan, run
+
+    p = plan(
+        a.model,
+        a.adapter or [],
+        a.adapters_dir,
+        host=a.host,
+        port=a.port,
+        tensor_parallel_size=a.tensor_parallel_size,
+        api_key=a.api_key or os.environ.get("MEVQA_API_KEY"),
+    )
+    return run(p, a.engine, a.dry_run)
+
+
+def _server_kwargs(a: argparse.Namespace) -> dict:
+    """--base-url / --api-key / --concurrency / --image-format for the openai backend."""
+    out = {
+        k: getattr(a, k)
+        for k in ("base_url", "api_key", "concurrency", "image_format")
+        if getattr(a, k, None)
+    }
+    return out
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-url",
+        action="append",
+        help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
+        "(--backend openai; repeat for replicas)",
+    )
+    p.add_argument("--api-key", help="API key for --base-url (default: $MEVQA_API_KEY)")
+    p.add_argument("--concurrency", type=int, help="requests in flight (default: 4)")
+    p.add_argument(
+        "--image-format", choices=("png", "jpeg"), help="frame encoding over HTTP (default: png, lossless)"
+    )
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="HF model directory or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct)"
     )
     p.add_argument("--adapter", help="PEFT LoRA adapter folder to apply on top of --model")
-    p.add_argument("--backend", default="transformers", help="inference backend (default: transformers)")
+    p.add_argument("--backend", default="transformers", help="transformers (default), openai or vllm")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
     p.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (default: 32)")
@@ -318,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clip", help="video file (mp4, avi, ...) or folder of frames (jpg/png/bmp)")
     p.add_argument("question", help='e.g. "What is the coarse expression class?"')
     _add_model_args(p)
+    _add_server_args(p)
     _add_frame_args(p)
     p.add_argument(
         "--json", action="store_true", help="print answer, model, adapter, frames, seconds as JSON"
@@ -402,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-set", choices=("gt", "union"), help="UF1/UAR classes (default: gt)")
     p.add_argument("--seed", type=int, help="recorded in the report (generation is greedy)")
     p.add_argument("--device", help="cpu, cuda, ... (default: auto)")
+    _add_server_args(p)
     p.add_argument("--no-reuse", action="store_true", help="decode and ask per question (benchmark baseline)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out")
     p.set_defaults(func=cmd_eval)
@@ -472,6 +533,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model (default: the one recorded in mevqa.yaml)")
     p.add_argument("--dir", default="adapters", help="adapters folder (default: adapters)")
     p.set_defaults(func=cmd_adapters_merge)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a base model + LoRA adapters with vLLM (OpenAI-compatible)",
+        description="Builds the `vllm serve` command (multi-LoRA, rank, multimodal limits, prefix "
+        "caching) and runs it; --engine transformers runs `transformers serve` (CPU, no LoRA).",
+    )
+    p.add_argument("--model", required=True, help="base model (directory or Hub id)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        metavar="NAME=PATH",
+        help="adapter to serve as model NAME (repeatable); a bare NAME is looked up in --adapters-dir",
+    )
+    p.add_argument("--adapters-dir", help="serve every adapter folder in this directory")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per replica (default: 1)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="default: 8000")
+    p.add_argument("--api-key", help="require this key (default: $MEVQA_API_KEY)")
+    p.add_argument("--engine", choices=("vllm", "transformers"), default="vllm", help="default: vllm")
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    p.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="build offline checkpoints").add_subparsers(
         dest="sub", required=True

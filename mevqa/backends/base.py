@@ -55,6 +55,8 @@ class Backend(Protocol):
 # name -> "module:Class"; imported only when chosen, so optional packages stay optional.
 BACKENDS: dict[str, str] = {
     "transformers": "mevqa.backends.hf:TransformersBackend",
+    "openai": "mevqa.backends.openai_server:OpenAIBackend",
+    "vllm": "mevqa.backends.vllm_offline:VLLMBackend",
 }
 
 

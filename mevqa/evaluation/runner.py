@@ -63,6 +63,21 @@ class EvalConfig:
     device: str = "auto"
     reuse: bool = True
     overwrite: bool = False
+    base_url: list[str] | None = None  # --backend openai: one URL per replica
+    api_key: str | None = None
+    concurrency: int = 4
+    image_format: str = "png"
+
+    def backend_kwargs(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "adapter": self.adapter,
+            "device": self.device,
+            "base_url": self.base_url,
+            "api_key": self.api_key,
+            "concurrency": self.concurrency,
+            "image_format": self.image_format,
+        }
 
     def __post_init__(self) -> None:
         if self.prompt not in PROMPT_STRATEGIES:
@@ -92,6 +107,7 @@ def settings(cfg: EvalConfig, backend: Backend) -> dict[str, Any]:
         "generation": dataclasses.asdict(dataclasses.replace(cfg.gen_config(), batch_size=0)),
         "root": str(Path(cfg.root).resolve()) if cfg.root else None,
         "clip_pattern": cfg.clip_pattern,
+        "image_format": cfg.image_format if cfg.backend == "openai" else None,
     }
 
 
@@ -261,7 +277,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.root and not Path(cfg.root).is_dir():
         raise InputError(f"--root {cfg.root} — no such folder")
     t0 = time.perf_counter()
-    backend = load_backend(cfg.backend, model=cfg.model, adapter=cfg.adapter, device=cfg.device)
+    backend = load_backend(cfg.backend, **cfg.backend_kwargs())
     sett = settings(cfg, backend)
     fp = fingerprint(sett)
     out = Path(cfg.out)

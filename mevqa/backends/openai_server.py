@@ -1,0 +1,154 @@
+"""Backend for any OpenAI-compatible server: vLLM (`vllm serve`, `mevqa serve`), `transformers serve`, ...
+
+Frames travel as base64 `image_url` parts (PNG by default: a micro-movement is a few pixels, the size of
+JPEG artefacts). The adapter is chosen by the request's `model` name — vLLM's multi-LoRA convention.
+Requests run concurrently (a bounded number in flight) over one or several base URLs (replicas);
+connection errors and 5xx are retried with backoff, 4xx never (the request itself is wrong).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from typing import Any
+
+from mevqa.backends.base import Answer, VQARequest
+from mevqa.config import GenConfig
+from mevqa.errors import InputError, MissingDependency, ModelError
+from mevqa.prompts import to_openai
+
+log = logging.getLogger(__name__)
+
+
+class HTTPStatusError(Exception):
+    def __init__(self, status: int, body: str):
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+class OpenAIBackend:
+    """Chat completions against one or more base URLs (each ending in /v1)."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_urls: list[str],
+        model: str,
+        api_key: str | None = None,
+        concurrency: int = 4,
+        timeout: float = 120.0,
+        retries: int = 3,
+        image_format: str = "png",
+        backoff: float = 0.5,
+    ):
+        self.base_urls = [u.rstrip("/") for u in base_urls]
+        self.model, self.api_key = model, api_key
+        self.concurrency, self.timeout, self.retries = max(1, concurrency), timeout, retries
+        self.image_format, self.backoff = image_format, backoff
+        self._next_url = itertools.cycle(self.base_urls)
+
+    @classmethod
+    def from_config(
+        cls,
+        model: str,
+        adapter: str | None = None,
+        base_url: str | list[str] | None = None,
+        api_key: str | None = None,
+        concurrency: int = 4,
+        timeout: float = 120.0,
+        retries: int = 3,
+        image_format: str = "png",
+        **_: Any,
+    ) -> OpenAIBackend:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
+        if not urls:
+            raise InputError("--backend openai — needs --base-url http://HOST:PORT/v1 (one per replica)")
+        # vLLM serves each LoRA module under its own name; that name is the request's `model`
+        served = adapter.rstrip("/").rsplit("/", 1)[-1] if adapter else model
+        backend = cls(
+            urls,
+            served,
+            api_key or os.environ.get("MEVQA_API_KEY"),
+            concurrency,
+            timeout,
+            retries,
+            image_format,
+        )
+        backend.check()
+        return backend
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def check(self) -> list[str]:
+        """GET /models on every base URL: fail early, with one clear line, if nothing answers."""
+        httpx = _httpx()
+        served = []
+        for url in self.base_urls:
+            try:
+                r = httpx.get(f"{url}/models", headers=self._headers(), timeout=min(self.timeout, 10))
+            except httpx.TransportError as e:
+                raise ModelError(
+                    f"--base-url {url} — nothing answers ({type(e).__name__}); is the server running?"
+                ) from None
+            if r.status_code >= 400:
+                raise ModelError(f"--base-url {url} — GET /models gave HTTP {r.status_code} ({r.text[:120]})")
+            served += [m.get("id", "") for m in r.json().get("data", [])]
+        return served
+
+    def _payload(self, r: VQARequest, gen: GenConfig) -> dict[str, Any]:
+        payload = {
+            "model": r.adapter or self.model,
+            "messages": to_openai(list(r.messages), self.image_format),
+            "max_tokens": gen.max_new_tokens,
+            "temperature": gen.temperature if gen.do_sample else 0.0,
+        }
+        if not gen.do_sample:
+            payload["top_p"] = 1.0
+        return payload
+
+    async def _one(self, client, sem: asyncio.Semaphore, r: VQARequest, gen: GenConfig) -> Answer:
+        httpx = _httpx()
+        async with sem:
+            t0 = time.perf_counter()
+            for attempt in range(self.retries + 1):
+                url = next(self._next_url)  # spread requests (and retries) over the replicas
+                try:
+                    resp = await client.post(
+                        f"{url}/chat/completions", json=self._payload(r, gen), headers=self._headers()
+                    )
+                    if resp.status_code >= 400:
+                        raise HTTPStatusError(resp.status_code, resp.text)
+                    text = resp.json()["choices"][0]["message"].get("content") or ""
+                    return Answer(r.id, text.strip(), seconds=time.perf_counter() - t0)
+                except (httpx.TransportError, HTTPStatusError) as e:
+                    retry = not isinstance(e, HTTPStatusError) or e.status >= 500
+                    if not retry or attempt == self.retries:
+                        return Answer(
+                            r.id, "", error=f"{type(e).__name__}: {e}"[:300], seconds=time.perf_counter() - t0
+                        )
+                    log.info("request %s: %s; retry %d", r.id, e, attempt + 1)
+                    await asyncio.sleep(self.backoff * 2**attempt)
+            raise AssertionError("unreachable")
+
+    async def _all(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
+        httpx = _httpx()
+        sem = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency * len(self.base_urls))
+        async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as client:
+            return list(await asyncio.gather(*(self._one(client, sem, r, gen) for r in requests)))
+
+    def generate(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
+        return asyncio.run(self._all(requests, gen)) if requests else []
+
+
+def _httpx():
+    try:
+        import httpx
+    except ImportError:
+        raise MissingDependency("--backend openai — needs httpx: pip install httpx") from None
+    return httpx
