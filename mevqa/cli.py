@@ -170,6 +170,7 @@ EVAL_FLAGS = (
     "api_key",
     "concurrency",
     "image_format",
+    "retries",
 )
 
 
@@ -308,12 +309,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def _server_kwargs(a: argparse.Namespace) -> dict:
     """--base-url / --api-key / --concurrency / --image-format for the openai backend."""
-    out = {
-        k: getattr(a, k)
-        for k in ("base_url", "api_key", "concurrency", "image_format")
-        if getattr(a, k, None)
-    }
-    return out
+    keys = ("base_url", "api_key", "concurrency", "image_format", "retries")
+    return {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
 
 
 def _add_server_args(p: argparse.ArgumentParser) -> None:
@@ -327,6 +324,9 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, help="requests in flight (default: 4)")
     p.add_argument(
         "--image-format", choices=("png", "jpeg"), help="frame encoding over HTTP (default: png, lossless)"
+    )
+    p.add_argument(
+        "--retries", type=int, help="retries on connection errors and 5xx, never on 4xx (default: 3)"
     )
 
 

@@ -110,3 +110,56 @@ def synthme(tmp_path_factory) -> Path:
         seed=7,
         video=True,
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TransformersServer:
+    """`transformers serve MODEL` on 127.0.0.1: a real OpenAI-compatible server process."""
+
+    def __init__(self, model: Path, port: int, cache: Path):
+        self.model, self.port, self.cache = model, port, cache
+        self.url = f"http://127.0.0.1:{port}/v1"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> TransformersServer:
+        import time
+
+        import httpx
+
+        exe = Path(sys.executable).with_name("transformers")
+        self.cache.mkdir(parents=True, exist_ok=True)  # /v1/models scans the HF cache, which must exist
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(self.cache)}
+        self.proc = subprocess.Popen(
+            [str(exe), "serve", str(self.model), "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("transformers serve did not come up")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def served_qwen(tiny_qwen, tmp_path_factory):
+    server = TransformersServer(tiny_qwen, free_port(), tmp_path_factory.mktemp("hfcache")).start()
+    yield server
+    server.stop()

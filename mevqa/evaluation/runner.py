@@ -67,6 +67,7 @@ class EvalConfig:
     api_key: str | None = None
     concurrency: int = 4
     image_format: str = "png"
+    retries: int = 3
 
     def backend_kwargs(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,7 @@ class EvalConfig:
             "api_key": self.api_key,
             "concurrency": self.concurrency,
             "image_format": self.image_format,
+            "retries": self.retries,
         }
 
     def __post_init__(self) -> None:

@@ -1,0 +1,295 @@
+"""Serving: the openai backend against a real `transformers serve`, faults, and `mevqa serve --dry-run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+from conftest import TransformersServer, free_port, run_cli
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForImageTextToText
+
+from mevqa.backends.base import VQARequest, load_backend
+from mevqa.config import GenConfig
+from mevqa.data.megc import read_jsonl, row_id
+from mevqa.prompts import Message
+
+Q = "What is the coarse expression class?"
+
+
+def test_ask_through_server_matches_in_process(served_qwen, tiny_qwen, synthme):
+    clip = str(sorted((synthme / "frames").iterdir())[0])
+    local = run_cli("ask", clip, Q, "--model", str(tiny_qwen), "--json", "--frames", "4")
+    remote = run_cli(
+        "ask",
+        clip,
+        Q,
+        "--model",
+        str(tiny_qwen),
+        "--json",
+        "--frames",
+        "4",
+        "--backend",
+        "openai",
+        "--base-url",
+        served_qwen.url,
+    )
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr
+    assert json.loads(remote.stdout)["answer"] == json.loads(local.stdout)["answer"] != ""
+
+
+def test_eval_through_server_concurrent_matches_in_process(served_qwen, tiny_qwen, synthme, tmp_path):
+    common = [
+        "eval",
+        "--data",
+        str(synthme / "test.jsonl"),
+        "--root",
+        str(synthme),
+        "--model",
+        str(tiny_qwen),
+        "--max-new-tokens",
+        "10",
+        "--frames",
+        "4",
+    ]
+    local = run_cli(*common, "--out", str(tmp_path / "local"))
+    remote = run_cli(
+        *common,
+        "--out",
+        str(tmp_path / "remote"),
+        "--backend",
+        "openai",
+        "--base-url",
+        served_qwen.url,
+        "--concurrency",
+        "4",
+        "--batch-size",
+        "8",
+    )
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr
+    a = {row_id(r): r["answer"] for r in read_jsonl(tmp_path / "local" / "predictions.jsonl")}
+    b = {row_id(r): r["answer"] for r in read_jsonl(tmp_path / "remote" / "predictions.jsonl")}
+    assert a == b and all(a.values())
+    m_local = json.loads((tmp_path / "local" / "metrics.json").read_text())["overall"]
+    m_remote = json.loads((tmp_path / "remote" / "metrics.json").read_text())["overall"]
+    assert m_local == m_remote
+
+
+def test_server_killed_mid_eval_then_resume(tiny_qwen, synthme, tmp_path):
+    server = TransformersServer(tiny_qwen, free_port(), tmp_path / "hf").start()
+    out = tmp_path / "run"
+    args = [
+        "eval",
+        "--data",
+        str(synthme / "train.jsonl"),
+        "--root",
+        str(synthme),
+        "--model",
+        str(tiny_qwen),
+        "--out",
+        str(out),
+        "--backend",
+        "openai",
+        "--base-url",
+        server.url,
+        "--concurrency",
+        "1",
+        "--batch-size",
+        "1",
+        "--retries",
+        "1",
+        "--max-new-tokens",
+        "24",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mevqa", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=os.environ.copy(),
+    )
+    pred = out / "predictions.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not pred.exists() or len(pred.read_text().splitlines()) < 4):
+        time.sleep(0.05)
+    server.stop()  # the server dies mid-run: the remaining rows become error rows, the run still ends
+    stdout, _ = proc.communicate(timeout=300)
+    total = len(read_jsonl(synthme / "train.jsonl"))
+    assert proc.returncode == 0, stdout
+    rows = read_jsonl(pred)
+    errors = [r for r in rows if r["error"]]
+    assert len(rows) == total and 0 < len(errors) < total
+    assert all("ConnectError" in r["error"] or "Connect" in r["error"] for r in errors)
+    server.start()
+    try:
+        r = run_cli(*args)
+    finally:
+        server.stop()
+    assert r.returncode == 0, r.stderr
+    assert f"{len(errors)} answered this run" in r.stdout and ", 0 errors" in r.stdout
+    final = read_jsonl(pred)
+    assert (
+        len(final) == total
+        and len({row_id(x) for x in final}) == total
+        and not any(x["error"] for x in final)
+    )
+
+
+def test_nothing_listening_is_a_clear_error(tiny_qwen, synthme):
+    clip = str(sorted((synthme / "frames").iterdir())[0])
+    r = run_cli(
+        "ask",
+        clip,
+        Q,
+        "--model",
+        str(tiny_qwen),
+        "--backend",
+        "openai",
+        "--base-url",
+        f"http://127.0.0.1:{free_port()}/v1",
+    )
+    assert r.returncode == 2 and "nothing answers" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+class _Counting(BaseHTTPRequestHandler):
+    status = 400
+    posts = 0
+
+    def do_GET(self):  # /v1/models
+        self._send(200, {"object": "list", "data": [{"id": "m"}]})
+
+    def do_POST(self):
+        type(self).posts += 1
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._send(type(self).status, {"error": {"message": "nope"}})
+
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status,posts", [(400, 1), (422, 1), (503, 3)])
+def test_retry_policy(status, posts):
+    handler = type("H", (_Counting,), {"status": status, "posts": 0})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        backend = load_backend(
+            "openai", model="m", base_url=f"http://127.0.0.1:{httpd.server_port}/v1", retries=2
+        )
+        backend.backoff = 0.01
+        (ans,) = backend.generate([VQARequest("x", (Message.user("hi"),))], GenConfig(max_new_tokens=4))
+    finally:
+        httpd.shutdown()
+    assert not ans.ok and f"HTTP {status}" in ans.error
+    assert handler.posts == posts  # 4xx: never retried; 5xx: 1 + 2 retries
+
+
+def test_vllm_backend_without_vllm_is_one_clear_line(tiny_qwen, synthme):
+    pytest.importorskip("mevqa")
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    clip = str(sorted((synthme / "frames").iterdir())[0])
+    r = run_cli("ask", clip, Q, "--model", str(tiny_qwen), "--backend", "vllm")
+    assert (
+        r.returncode == 2
+        and "pip install 'mevqa[vllm]'" in r.stderr
+        and len(r.stderr.strip().splitlines()) == 1
+    )
+
+
+# ---------------------------------------------------------------- mevqa serve --dry-run
+def make_adapter(base, out, r, base_name=None):
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    ).save_pretrained(out)
+    (out / "mevqa.yaml").write_text(
+        yaml.safe_dump({"base_model": str(base_name or base), "input": "oao", "frames": 8})
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters_dir(tiny_qwen, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    for r in (8, 16, 40):
+        make_adapter(tiny_qwen, root / f"lora-r{r}", r)
+    return root
+
+
+def test_dry_run_builds_a_vllm_command(adapters_dir, tiny_qwen):
+    r = run_cli(
+        "serve",
+        "--model",
+        str(tiny_qwen),
+        "--adapters-dir",
+        str(adapters_dir),
+        "--dry-run",
+        "--port",
+        "8011",
+        "--api-key",
+        "k",
+        "--tensor-parallel-size",
+        "2",
+    )
+    assert r.returncode == 0, r.stderr
+    cmd = shlex.split(r.stdout.strip())
+    assert cmd[:3] == ["vllm", "serve", str(tiny_qwen)]
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "64"  # smallest vLLM rank covering 40
+    assert cmd[cmd.index("--max-loras") + 1] == "3" and "--enable-lora" in cmd
+    mods = cmd[cmd.index("--lora-modules") + 1 : cmd.index("--max-lora-rank")]
+    assert sorted(m.split("=")[0] for m in mods) == ["lora-r16", "lora-r40", "lora-r8"]
+    assert json.loads(cmd[cmd.index("--limit-mm-per-prompt") + 1]) == {"image": 3, "video": 0}
+    assert cmd[cmd.index("--api-key") + 1] == "k" and cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    assert "--enable-prefix-caching" in cmd
+
+
+def test_dry_run_refuses_bad_adapters(adapters_dir, tiny_qwen, tiny_idefics3, tmp_path):
+    other = make_adapter(tiny_qwen, tmp_path / "other", 8, base_name="Qwen/Qwen2.5-VL-7B-Instruct")
+    r = run_cli("serve", "--model", str(tiny_qwen), "--adapter", f"other={other}", "--dry-run")
+    assert r.returncode == 2 and "trained on Qwen/Qwen2.5-VL-7B-Instruct" in r.stderr
+    for bad in ("../../etc", "..", "x/../../y=/tmp"):
+        r = run_cli(
+            "serve",
+            "--model",
+            str(tiny_qwen),
+            "--adapters-dir",
+            str(adapters_dir),
+            "--adapter",
+            bad,
+            "--dry-run",
+        )
+        assert r.returncode == 2 and r.stderr.startswith("error: "), (bad, r.stderr)
+    r = run_cli(
+        "serve",
+        "--model",
+        str(tiny_qwen),
+        "--adapter",
+        f"lora-r8={adapters_dir / 'lora-r8'}",
+        "--engine",
+        "transformers",
+        "--dry-run",
+    )
+    assert r.returncode == 2 and "merge one first" in r.stderr
+    r = run_cli("serve", "--model", str(tiny_qwen), "--engine", "transformers", "--dry-run", "--port", "9")
+    assert r.returncode == 0 and r.stdout.split()[:3] == ["transformers", "serve", str(tiny_qwen)]
