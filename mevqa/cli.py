@@ -330,6 +330,50 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+CHAT_HELP = "commands: /agent (coarse -> fine -> AUs, with a consistency check), /flow, /reset, /quit"
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    from mevqa.agent import ChatSession, ClipContext, chat_model, hierarchical
+    from mevqa.backends.base import load_backend
+
+    ctx = ClipContext(
+        a.clip,
+        FrameConfig(frames=a.frames, sampling=a.sampling, input=a.input, folder_fps=a.fps),
+        a.onset,
+        a.apex,
+        a.offset,
+    )
+    ctx.images()  # a bad clip fails here, before the model loads
+    backend = load_backend(
+        a.backend,
+        model=a.model,
+        adapter=a.adapter,
+        device=a.device,
+        trust_remote_code=a.trust_remote_code,
+        **_server_kwargs(a),
+    )
+    session = ChatSession(backend, ctx, GenConfig(max_new_tokens=a.max_new_tokens, batch_size=1))
+    print(f"chatting about {a.clip} with {a.model}{' + ' + a.adapter if a.adapter else ''}. {CHAT_HELP}")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            session.history = []
+            print("(history cleared)")
+        elif line == "/flow":
+            print(json.dumps(ctx.flow()[1]))
+        elif line == "/agent":
+            print(json.dumps(hierarchical(chat_model(backend, session.gen), ctx), indent=2))
+        elif line:
+            print(f"mevqa> {session.send(line)}", flush=True)
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="HF model directory or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct)"
@@ -418,6 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("stats", help="label distributions of a MEGC JSONL file")
     p.add_argument("file")
     p.set_defaults(func=cmd_data_stats)
+
+    p = sub.add_parser(
+        "chat",
+        help="chat about one clip in the terminal (multi-turn)",
+        description="Multi-turn chat about CLIP; the frames go with the first question. " + CHAT_HELP,
+    )
+    p.add_argument("clip", help="video file or folder of frames")
+    _add_model_args(p)
+    _add_server_args(p)
+    _add_frame_args(p)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser(
         "score",
