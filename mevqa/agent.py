@@ -69,7 +69,7 @@ def _langchain() -> Any:
     try:
         import langchain_core  # noqa: F401
     except ImportError:
-        raise MissingDependency("the agent needs LangChain: pip install 'mevqa[agent]'") from None
+        raise MissingDependency("the agent needs LangChain: pip install 'mevqa[app]'") from None
 
 
 # ---------------------------------------------------------------- the VLM as a LangChain chat model
@@ -138,11 +138,15 @@ class ClipContext:
     apex: int | None = None
     offset: int | None = None
 
-    def images(self, cfg: FrameConfig | None = None) -> list[Image.Image]:
+    def parts(self, cfg: FrameConfig | None = None) -> list:
+        """The message parts for the input mode (images, or one video part)."""
         from mevqa.inputs import load_clip, visual_parts
 
         cfg = cfg or self.frames
-        parts = visual_parts(load_clip(self.path, cfg, self.onset, self.apex, self.offset), cfg)
+        return visual_parts(load_clip(self.path, cfg, self.onset, self.apex, self.offset), cfg)
+
+    def images(self, cfg: FrameConfig | None = None) -> list[Image.Image]:
+        parts = self.parts(cfg)
         return [p for p in parts if isinstance(p, Image.Image)] or list(parts[0].frames)
 
     def flow(self) -> tuple[Image.Image, dict[str, float]]:

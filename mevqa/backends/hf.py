@@ -184,3 +184,24 @@ class TransformersBackend:
             dt = (time.perf_counter() - t0) / len(batch)
             answers += [Answer(r.id, t, seconds=dt) for r, t in zip(batch, texts)]
         return answers
+
+    def stream(self, request: VQARequest, gen: GenConfig):
+        """Yield the answer as it grows, token by token (for chat UIs)."""
+        import threading
+
+        from transformers import TextIteratorStreamer
+
+        inputs = self.encode([request])
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = {**inputs, "max_new_tokens": gen.max_new_tokens, "streamer": streamer, **self._sampling(gen)}
+        thread = threading.Thread(target=lambda: self._no_grad_generate(kwargs), daemon=True)
+        thread.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield text.strip()
+        thread.join()
+
+    @torch.inference_mode()
+    def _no_grad_generate(self, kwargs: dict) -> None:
+        self.model.generate(**kwargs)
