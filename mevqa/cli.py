@@ -174,19 +174,27 @@ EVAL_FLAGS = (
 )
 
 
-def cmd_eval(a: argparse.Namespace) -> int:
-    from mevqa.config import from_dict, load_yaml
-    from mevqa.evaluation.report import format_table
-    from mevqa.evaluation.runner import EvalConfig, run_eval
+def _config_values(a: argparse.Namespace, flags: tuple[str, ...], switches: tuple[str, ...]) -> dict:
+    """The --config YAML, overridden by the flags given on the command line; data/model/out required."""
+    from mevqa.config import load_yaml
 
     values = load_yaml(a.config) if a.config else {}
-    values.update({k: getattr(a, k) for k in EVAL_FLAGS if getattr(a, k) is not None})
-    values.update({k: True for k in ("overwrite",) if getattr(a, k)})
-    if a.no_reuse:
-        values["reuse"] = False
+    values.update({k: getattr(a, k) for k in flags if getattr(a, k) is not None})
+    values.update({k: True for k in switches if getattr(a, k)})
     missing = [f"--{k}" for k in ("data", "model", "out") if not values.get(k)]
     if missing:
         raise InputError(f"{', '.join(missing)} — required (on the command line or in --config)")
+    return values
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from mevqa.config import from_dict
+    from mevqa.evaluation.report import format_table
+    from mevqa.evaluation.runner import EvalConfig, run_eval
+
+    values = _config_values(a, EVAL_FLAGS, ("overwrite",))
+    if a.no_reuse:
+        values["reuse"] = False
     if values.get("adapter"):  # the adapter's recorded input mode and prompt, unless set here
         from mevqa.train.adapters import recipe
 
@@ -246,17 +254,10 @@ TRAIN_FLAGS = (
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from mevqa.config import from_dict, load_yaml
+    from mevqa.config import from_dict
     from mevqa.train.lora import TrainConfig, train
 
-    values = load_yaml(a.config) if a.config else {}
-    values.update({k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None})
-    values.update(
-        {k: True for k in ("resume", "lora_vision", "lora_projector", "grad_checkpointing") if getattr(a, k)}
-    )
-    missing = [f"--{k}" for k in ("data", "model", "out") if not values.get(k)]
-    if missing:
-        raise InputError(f"{', '.join(missing)} — required (on the command line or in --config)")
+    values = _config_values(a, TRAIN_FLAGS, ("resume", "lora_vision", "lora_projector", "grad_checkpointing"))
     cfg = from_dict(TrainConfig, values, a.config or "mevqa train")
     if Path(cfg.out, "adapter_config.json").exists() and not cfg.resume and not a.overwrite:
         raise InputError(f"--out {cfg.out} — already holds an adapter; pass --resume or --overwrite")

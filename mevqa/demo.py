@@ -102,7 +102,7 @@ def evaluate(name: str, out: Path, base: Path, data: Path, adapter: Path | None)
         "--input",
         "flow",
         "--max-new-tokens",
-        "16",
+        "48",
         "--overwrite",
     ]
     mevqa(*args, *(["--adapter", str(adapter)] if adapter else []))

@@ -119,6 +119,17 @@ def train_tokenizer(special: list[str], vocab_size: int = 1200) -> Tokenizer:
     return tok
 
 
+# The language model of every tiny family: small enough for a 2-core CPU, large enough to learn SynthME.
+TEXT_SIZES = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
+
+
 def _qwen_parts(seed: int) -> tuple[object, object, int]:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -141,12 +152,7 @@ def _qwen_parts(seed: int) -> tuple[object, object, int]:
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(fast),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
+            **TEXT_SIZES,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
@@ -196,12 +202,7 @@ def _idefics3_parts(seed: int) -> tuple[object, object, int]:
         text_config=dict(
             model_type="llama",
             vocab_size=len(fast),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
+            **TEXT_SIZES,
             bos_token_id=ids["<|im_start|>"],
             eos_token_id=ids["<end_of_utterance>"],
             pad_token_id=ids["<|endoftext|>"],
