@@ -233,7 +233,14 @@ def plot_training(out: Path, losses: list[tuple[int, float]], evals: list[dict])
 
     fig, ax = plt.subplots(figsize=(7, 4))
     if losses:
-        ax.plot([s for s, _ in losses], [v for _, v in losses], label="train loss", color="tab:blue")
+        steps, values = [s for s, _ in losses], [v for _, v in losses]
+        ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.6)
+        k = max(1, len(values) // 50)  # per-step loss swings with the question type: show a running mean
+        smooth = [
+            sum(values[max(0, i - k + 1) : i + 1]) / len(values[max(0, i - k + 1) : i + 1])
+            for i in range(len(values))
+        ]
+        ax.plot(steps, smooth, color="tab:blue", label=f"train loss (mean of {k})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     if evals:
