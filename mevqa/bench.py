@@ -234,6 +234,27 @@ def bench_overhead(wl: Workload, repeat: int = 3, batch_size: int = 5, max_new_t
     }
 
 
+def bench_server(
+    wl: Workload, base_url: str, concurrencies: tuple[int, ...] = (1, 4, 8), repeat: int = 3
+) -> dict:
+    """In-process transformers vs the same model behind an OpenAI-compatible server, by concurrency."""
+    from mevqa.backends.openai_server import OpenAIBackend
+
+    local = wl.backend
+    n = len(wl.rows)
+    t = {"in-process": timeit(lambda: run_answers(wl, reuse=True, share_prefix=True, batch_size=16), repeat)}
+    for c in concurrencies:
+        wl.backend = OpenAIBackend.from_config(model=wl.model, base_url=base_url, concurrency=c)
+        wl.backend.share_prefix = False
+        t[f"server, concurrency {c}"] = timeit(lambda: run_answers(wl, True, False, batch_size=16), repeat)
+    wl.backend = local
+    return {
+        "questions": n,
+        "questions_per_second": {k: n / v for k, v in t.items()},
+        "ratios": {f"{k} vs in-process": t["in-process"] / v for k, v in t.items()},
+    }
+
+
 def environment() -> dict:
     import torch
     import transformers
@@ -264,8 +285,9 @@ def run(
     repeat: int = 3,
     video_seconds: float = 2.0,
     video_size: tuple[int, int] = (640, 480),
+    base_url: str | None = None,
 ) -> dict:
-    """Run one benchmark (or `all`), return its results and write `<out>/<name>.json`."""
+    """Run one benchmark (or `all`: every one but `server`), return its results, write `<out>/<name>.json`."""
     names = BENCHES if name == "all" else (name,)
     results: dict[str, Any] = {"environment": environment()}
     with tempfile.TemporaryDirectory() as d:
@@ -280,6 +302,12 @@ def run(
                 results[n] = bench_overhead(wl, repeat)
             elif n == "batching":
                 results[n] = bench_batching(wl, repeat=repeat)
+            elif n == "server":
+                if not base_url:
+                    from mevqa.errors import InputError
+
+                    raise InputError("bench server — needs --base-url of a server serving --model")
+                results[n] = bench_server(wl, base_url, repeat=repeat)
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -223,7 +223,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from mevqa.bench import format_results, run
 
     results = run(
-        a.name, Path(a.out) if a.out else None, a.model, clips=a.clips, size=a.size, repeat=a.repeat
+        a.name,
+        Path(a.out) if a.out else None,
+        a.model,
+        clips=a.clips,
+        size=a.size,
+        repeat=a.repeat,
+        base_url=a.base_url,
     )
     print(format_results(results))
     if a.out:
@@ -529,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="sampling: sparse vs full decode; reuse: per-clip reuse in eval; overhead: "
         "harness vs bare generate; batching: batch 1/4/16; all: every one.",
     )
-    p.add_argument("name", choices=("sampling", "reuse", "overhead", "batching", "all"))
+    p.add_argument("name", choices=("sampling", "reuse", "overhead", "batching", "server", "all"))
+    p.add_argument("--base-url", help="for `server`: an OpenAI-compatible server serving --model")
     p.add_argument("--out", help="folder for <name>.json")
     p.add_argument(
         "--model", help="model for the eval benchmarks (default: a tiny Qwen2.5-VL built on the fly)"
