@@ -84,6 +84,10 @@ def build_demo(
     if model is None:
         model, adapter, what = default_model()
         notice = f"No checkpoint given — running on {what}."
+    from mevqa.train.adapters import recipe
+
+    recorded = recipe(adapter) if adapter and Path(adapter).is_dir() else {}
+    default_mode = recorded.get("input", "frames")  # what the adapter was trained on
     kind = "openai" if base_url else "transformers"
     backend = load_backend(kind, model=model, adapter=adapter, base_url=base_url, api_key=api_key)
     gen = GenConfig(max_new_tokens=64, batch_size=1)
@@ -135,6 +139,8 @@ def build_demo(
             for partial in backend.stream(req, gen):
                 history[-1]["content"] = partial
                 yield history, ""
+            if not history[-1]["content"]:
+                history[-1]["content"] = "(the model gave an empty answer)"
         else:
             (ans,) = backend.generate([req], gen)
             history[-1]["content"] = ans.text if ans.ok else f"error: {ans.error}"
@@ -151,9 +157,11 @@ def build_demo(
                     type="filepath",
                 )
                 example = gr.Dropdown(examples, label="…or a SynthME example", value=None)
-                mode = gr.Radio(list(INPUT_MODES), value="frames", label="input mode")
+                mode = gr.Radio(list(INPUT_MODES), value=default_mode, label="input mode")
                 frames = gr.Slider(2, 16, value=8, step=1, label="frames")
-                prompt = gr.Dropdown(list(PROMPT_STRATEGIES), value="labels", label="prompt strategy")
+                prompt = gr.Dropdown(
+                    list(PROMPT_STRATEGIES), value=recorded.get("prompt", "labels"), label="prompt strategy"
+                )
                 agent = gr.Checkbox(False, label="agent: coarse → fine → AUs, with a consistency check")
                 status = gr.Markdown("Upload a clip or pick an example.", elem_id="status")
                 gallery = gr.Gallery(label="sampled frames", columns=4, height=220, elem_id="frames")
