@@ -171,6 +171,7 @@ EVAL_FLAGS = (
     "concurrency",
     "image_format",
     "retries",
+    "video_as",
 )
 
 
@@ -316,7 +317,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def _server_kwargs(a: argparse.Namespace) -> dict:
     """--base-url / --api-key / --concurrency / --image-format for the openai backend."""
-    keys = ("base_url", "api_key", "concurrency", "image_format", "retries")
+    keys = ("base_url", "api_key", "concurrency", "image_format", "retries", "video_as")
     return {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
 
 
@@ -334,6 +335,11 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--retries", type=int, help="retries on connection errors and 5xx, never on 4xx (default: 3)"
+    )
+    p.add_argument(
+        "--video-as",
+        choices=("frames", "video_url"),
+        help="--input video over HTTP: image_url frames (default) or one mp4 video_url part (vLLM)",
     )
 
 

@@ -195,14 +195,41 @@ def image_data_url(image: Image.Image, fmt: str = "png", quality: int = 95) -> s
     return f"data:image/{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
-def to_openai(messages: list[Message], image_format: str = "png") -> list[dict]:
-    """Render as OpenAI chat messages; a video is sent as its frames (what vLLM and others accept)."""
+def video_data_url(video: VideoPart) -> str:
+    """The frames as an mp4 (mp4v, at the part's model-facing fps) in a base64 data URL."""
+    import os
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    frames = [np.asarray(f.convert("RGB"))[..., ::-1] for f in video.frames]
+    h, w = frames[0].shape[:2]
+    fd, path = tempfile.mkstemp(suffix=".mp4")
+    os.close(fd)
+    try:
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), video.fps, (w, h))
+        for f in frames:
+            writer.write(np.ascontiguousarray(f))
+        writer.release()
+        with open(path, "rb") as fh:
+            data = fh.read()
+    finally:
+        os.unlink(path)
+    return f"data:video/mp4;base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def to_openai(messages: list[Message], image_format: str = "png", video_as: str = "frames") -> list[dict]:
+    """Render as OpenAI chat messages. A video goes as its frames (`image_url` parts, what every server
+    accepts) or, with `video_as="video_url"`, as one mp4 `video_url` part (vLLM's video input)."""
     out = []
     for m in messages:
         content: list[dict] = []
         for p in m.parts:
             if isinstance(p, str):
                 content.append({"type": "text", "text": p})
+            elif isinstance(p, VideoPart) and video_as == "video_url":
+                content.append({"type": "video_url", "video_url": {"url": video_data_url(p)}})
             else:
                 for frame in p.frames if isinstance(p, VideoPart) else (p,):
                     content.append(

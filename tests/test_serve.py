@@ -293,3 +293,50 @@ def test_dry_run_refuses_bad_adapters(adapters_dir, tiny_qwen, tiny_idefics3, tm
     assert r.returncode == 2 and "merge one first" in r.stderr
     r = run_cli("serve", "--model", str(tiny_qwen), "--engine", "transformers", "--dry-run", "--port", "9")
     assert r.returncode == 0 and r.stdout.split()[:3] == ["transformers", "serve", str(tiny_qwen)]
+
+
+def test_video_url_part_is_a_decodable_mp4(clips, tmp_path):
+    import base64
+
+    import decord
+
+    from mevqa.config import FrameConfig
+    from mevqa.inputs import load_clip, visual_parts
+    from mevqa.prompts import to_openai
+
+    cfg = FrameConfig(frames=6, input="video")
+    parts = visual_parts(load_clip(clips["mp4"], cfg), cfg)
+    (msg,) = to_openai([Message.user(*parts, Q)], video_as="video_url")
+    kinds = [c["type"] for c in msg["content"]]
+    assert kinds == ["video_url", "text"]
+    url = msg["content"][0]["video_url"]["url"]
+    assert url.startswith("data:video/mp4;base64,")
+    path = tmp_path / "v.mp4"
+    path.write_bytes(base64.b64decode(url.split(",", 1)[1]))
+    vr = decord.VideoReader(str(path))
+    assert len(vr) == 6 and vr.get_avg_fps() == pytest.approx(2.0)  # the model-facing fps, not 200
+    (frames_msg,) = to_openai([Message.user(*parts, Q)])
+    assert [c["type"] for c in frames_msg["content"]] == ["image_url"] * 6 + ["text"]
+
+
+def test_vllm_prompt_uses_the_same_template_and_fps(tiny_qwen, clips):
+    """The offline vLLM backend's prompt building runs here (only vllm.LLM itself needs a GPU)."""
+    from mevqa.backends.vllm_offline import VLLMBackend, multi_modal_data
+    from mevqa.config import FrameConfig
+    from mevqa.inputs import load_clip, visual_parts
+    from mevqa.models.loading import load_processor
+
+    proc = load_processor(str(tiny_qwen))
+    be = VLLMBackend(llm=None, processor=proc, model_id=str(tiny_qwen))
+    for mode in ("frames", "video"):
+        cfg = FrameConfig(frames=4, input=mode)
+        parts = visual_parts(load_clip(clips["mp4"], cfg), cfg)
+        p = be.prompt(VQARequest("v", (Message.user(*parts, Q),)))
+        assert p["prompt"].endswith("<|im_start|>assistant\n") and Q in p["prompt"]
+        if mode == "frames":
+            assert p["prompt"].count("<|image_pad|>") == 4 and len(p["multi_modal_data"]["image"]) == 4
+        else:
+            frames, meta = p["multi_modal_data"]["video"]
+            assert frames.shape[0] == 4 and meta["fps"] == 2.0 and p["mm_processor_kwargs"]["fps"] == 2.0
+            assert p["prompt"].count("<|video_pad|>") == 1
+    assert multi_modal_data([], []) == ({}, {})

@@ -44,11 +44,12 @@ class OpenAIBackend:
         retries: int = 3,
         image_format: str = "png",
         backoff: float = 0.5,
+        video_as: str = "frames",
     ):
         self.base_urls = [u.rstrip("/") for u in base_urls]
         self.model, self.api_key = model, api_key
         self.concurrency, self.timeout, self.retries = max(1, concurrency), timeout, retries
-        self.image_format, self.backoff = image_format, backoff
+        self.image_format, self.backoff, self.video_as = image_format, backoff, video_as
         self._next_url = itertools.cycle(self.base_urls)
 
     @classmethod
@@ -62,6 +63,7 @@ class OpenAIBackend:
         timeout: float = 120.0,
         retries: int = 3,
         image_format: str = "png",
+        video_as: str = "frames",
         **_: Any,
     ) -> OpenAIBackend:
         urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
@@ -77,6 +79,7 @@ class OpenAIBackend:
             timeout,
             retries,
             image_format,
+            video_as=video_as,
         )
         backend.check()
         return backend
@@ -103,7 +106,7 @@ class OpenAIBackend:
     def _payload(self, r: VQARequest, gen: GenConfig) -> dict[str, Any]:
         payload = {
             "model": r.adapter or self.model,
-            "messages": to_openai(list(r.messages), self.image_format),
+            "messages": to_openai(list(r.messages), self.image_format, self.video_as),
             "max_tokens": gen.max_new_tokens,
             "temperature": gen.temperature if gen.do_sample else 0.0,
         }

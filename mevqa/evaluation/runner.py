@@ -68,6 +68,7 @@ class EvalConfig:
     concurrency: int = 4
     image_format: str = "png"
     retries: int = 3
+    video_as: str = "frames"
 
     def backend_kwargs(self) -> dict[str, Any]:
         return {
@@ -79,6 +80,7 @@ class EvalConfig:
             "concurrency": self.concurrency,
             "image_format": self.image_format,
             "retries": self.retries,
+            "video_as": self.video_as,
         }
 
     def __post_init__(self) -> None:
@@ -110,6 +112,7 @@ def settings(cfg: EvalConfig, backend: Backend) -> dict[str, Any]:
         "root": str(Path(cfg.root).resolve()) if cfg.root else None,
         "clip_pattern": cfg.clip_pattern,
         "image_format": cfg.image_format if cfg.backend == "openai" else None,
+        "video_as": cfg.video_as if cfg.backend == "openai" and cfg.input == "video" else None,
     }
 
 
