@@ -236,3 +236,49 @@ def test_gpu_bf16_lora_and_qlora(synthme, tiny_qwen, tmp_path, method):
         cfg_for(synthme, tiny_qwen, tmp_path / method, method=method, max_steps=10, device="cuda")
     )
     assert metrics["steps"] == 10 and all(v == v for _, v in metrics["train_loss"])
+
+
+def test_eval_takes_the_adapters_recorded_input_mode(synthme, tiny_qwen, tmp_path):
+    adapter = tmp_path / "diff-lora"
+    train(cfg_for(synthme, tiny_qwen, adapter, max_steps=1, input="diff", prompt="labels"))
+    out = tmp_path / "run"
+    r = run_cli(
+        "eval",
+        "--data",
+        str(synthme / "test.jsonl"),
+        "--root",
+        str(synthme),
+        "--model",
+        str(tiny_qwen),
+        "--adapter",
+        str(adapter),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+    )
+    assert r.returncode == 0, r.stderr
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings["frames"]["input"] == "diff" and settings["prompt"] == "labels"
+    r = run_cli(
+        "eval",
+        "--data",
+        str(synthme / "test.jsonl"),
+        "--root",
+        str(synthme),
+        "--model",
+        str(tiny_qwen),
+        "--adapter",
+        str(adapter),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--input",
+        "frames",
+    )
+    assert json.loads((out / "metrics.json").read_text())["settings"]["frames"]["input"] == "frames"
