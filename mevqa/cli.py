@@ -420,12 +420,7 @@ def _add_frame_args(p: argparse.ArgumentParser) -> None:
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mevqa", description="Micro-expression visual question answering.")
-    parser.add_argument("--version", action="version", version=f"mevqa {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _parser_ask(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ask",
         help="ask one question about one clip",
@@ -441,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_ask)
 
+
+def _parser_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="MEGC files and SynthME clips").add_subparsers(
         dest="sub", required=True
     )
@@ -476,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=cmd_data_stats)
 
+
+def _parser_chat(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "chat",
         help="chat about one clip in the terminal (multi-turn)",
@@ -487,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_frame_args(p)
     p.set_defaults(func=cmd_chat)
 
+
+def _parser_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score",
         help="score predictions against gold answers (MEGC metrics)",
@@ -504,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_score)
 
+
+def _parser_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="answer a MEGC file with a model; predictions, metrics, report",
@@ -535,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out")
     p.set_defaults(func=cmd_eval)
 
+
+def _parser_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="speed benchmarks, as ratios measured in one run",
@@ -554,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bench)
 
+
+def _parser_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="fine-tune a LoRA adapter (or QLoRA / full) on MEGC-style QA",
@@ -590,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
     p.set_defaults(func=cmd_train)
 
+
+def _parser_adapters(sub: argparse._SubParsersAction) -> None:
     adapters = sub.add_parser("adapters", help="list / merge trained adapters").add_subparsers(
         dest="sub", required=True
     )
@@ -603,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default="adapters", help="adapters folder (default: adapters)")
     p.set_defaults(func=cmd_adapters_merge)
 
+
+def _parser_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a base model + LoRA adapters with vLLM (OpenAI-compatible)",
@@ -625,6 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     p.set_defaults(func=cmd_serve)
 
+
+def _parser_models(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="build offline checkpoints").add_subparsers(
         dest="sub", required=True
     )
@@ -633,6 +646,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="weight seed; same seed gives the same bytes")
     p.set_defaults(func=cmd_models_tiny)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mevqa", description="Micro-expression visual question answering.")
+    parser.add_argument("--version", action="version", version=f"mevqa {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for add in (
+        _parser_ask,
+        _parser_data,
+        _parser_chat,
+        _parser_score,
+        _parser_eval,
+        _parser_bench,
+        _parser_train,
+        _parser_adapters,
+        _parser_serve,
+        _parser_models,
+    ):
+        add(sub)
     return parser
 
 
