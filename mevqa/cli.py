@@ -15,6 +15,7 @@ from pathlib import Path
 from mevqa import __version__
 from mevqa.config import INPUT_MODES, SAMPLINGS, FrameConfig, GenConfig
 from mevqa.errors import InputError, MevqaError
+from mevqa.prompts import PROMPT_STRATEGIES
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -506,6 +507,21 @@ def _parser_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_score)
 
 
+def _add_job_args(p: argparse.ArgumentParser, config: str, data: str, out: str) -> None:
+    """The flags `eval` and `train` share; each may also come from the --config YAML."""
+    p.add_argument("--config", help=config)
+    p.add_argument("--data", help=data)
+    p.add_argument("--root", help="folder holding the clips")
+    p.add_argument("--model", help="model directory or Hub id")
+    p.add_argument("--out", help=out)
+    p.add_argument("--input", choices=INPUT_MODES, help="frames (default), video, oao, flow or diff")
+    p.add_argument("--frames", type=int, help="frames per clip (default: 8)")
+    p.add_argument("--prompt", choices=PROMPT_STRATEGIES, help="prompt strategy (default: plain)")
+    p.add_argument("--batch-size", type=int, help="questions per batch")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, ... (default: auto)")
+
+
 def _parser_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
@@ -513,26 +529,19 @@ def _parser_eval(sub: argparse._SubParsersAction) -> None:
         description="Batch evaluation, resumable: rerunning skips questions already answered "
         "with the same settings.",
     )
-    p.add_argument("--config", help="YAML with the same keys as these flags (flags override it)")
-    p.add_argument("--data", help="MEGC JSONL (train-style with answers, or a test file)")
-    p.add_argument("--root", help="folder holding the clips")
-    p.add_argument("--out", help="output folder")
-    p.add_argument("--model", help="HF model directory or Hub id")
+    _add_job_args(
+        p,
+        "YAML with the same keys as these flags (flags override it)",
+        "MEGC JSONL (train-style with answers, or a test file)",
+        "output folder",
+    )
     p.add_argument("--adapter", help="PEFT LoRA adapter folder")
     p.add_argument("--backend", help="inference backend (default: transformers)")
-    p.add_argument("--input", choices=INPUT_MODES, help="frames (default), video, oao, flow or diff")
-    p.add_argument("--frames", type=int, help="frames for uniform sampling (default: 8)")
     p.add_argument("--sampling", choices=SAMPLINGS, help="uniform (default), keyframes or all")
-    p.add_argument(
-        "--prompt", choices=("plain", "labels", "hierarchical"), help="prompt strategy (default: plain)"
-    )
-    p.add_argument("--batch-size", type=int, help="questions per generate call (default: 8)")
     p.add_argument("--max-new-tokens", type=int, help="answer length cap (default: 48)")
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--clip-pattern", help="clip path under --root, e.g. {dataset}/{subject}/{filename}")
     p.add_argument("--label-set", choices=("gt", "union"), help="UF1/UAR classes (default: gt)")
-    p.add_argument("--seed", type=int, help="recorded in the report (generation is greedy)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: auto)")
     _add_server_args(p)
     p.add_argument("--no-reuse", action="store_true", help="decode and ask per question (benchmark baseline)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out")
@@ -567,18 +576,14 @@ def _parser_train(sub: argparse._SubParsersAction) -> None:
         description="Loss on answer tokens only; LoRA on the language model by default (what vLLM "
         "serves). Multi-GPU: accelerate launch -m mevqa train ...",
     )
-    p.add_argument("--config", help="recipe YAML (adapters/recipes/*.yaml); flags override it")
-    p.add_argument("--data", help="training JSONL")
-    p.add_argument("--root", help="folder holding the clips")
-    p.add_argument("--model", help="base model directory or Hub id")
-    p.add_argument("--out", help="adapter folder to write, e.g. adapters/my-lora")
+    _add_job_args(
+        p,
+        "recipe YAML (adapters/recipes/*.yaml); flags override it",
+        "training JSONL",
+        "adapter folder to write, e.g. adapters/my-lora",
+    )
     p.add_argument("--method", choices=("lora", "qlora", "full"), help="default: lora")
     p.add_argument("--eval-data", help="held-out JSONL scored after every epoch")
-    p.add_argument("--input", choices=INPUT_MODES, help="frames (default), video, oao, flow or diff")
-    p.add_argument("--frames", type=int, help="frames per clip (default: 8)")
-    p.add_argument(
-        "--prompt", choices=("plain", "labels", "hierarchical"), help="prompt strategy (default: plain)"
-    )
     p.add_argument("--lora-r", type=int, help="LoRA rank (default: 16)")
     p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default: 32)")
     p.add_argument(
@@ -588,11 +593,8 @@ def _parser_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-4)")
     p.add_argument("--epochs", type=float, help="default: 3")
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
-    p.add_argument("--batch-size", type=int, help="per device (default: 1)")
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default: 8)")
     p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu, cuda (default: auto)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
     p.set_defaults(func=cmd_train)
