@@ -126,9 +126,6 @@ def classify(question: str) -> tuple[str, str | None]:
     return "free", None
 
 
-DEFAULT_SYSTEM = None  # the model's own chat template supplies its default system turn
-
-
 @dataclass(frozen=True)
 class VideoPart:
     """Frames shown to the model as one video, with the frame rate the model should assume.

@@ -111,3 +111,15 @@ def test_chat_keeps_history(tiny_qwen, synthme):
 def test_chat_bad_clip(tiny_qwen, tmp_path):
     r = run_cli("chat", str(tmp_path / "missing.mp4"), "--model", str(tiny_qwen))
     assert r.returncode == 2 and r.stderr.startswith("error: ")
+
+
+def test_chatopenai_against_a_real_server_matches_in_process(served_qwen, tiny_qwen, llm, synthme):
+    """The agent's ChatOpenAI path (what a vLLM deployment uses) asks the same question the same way."""
+    from mevqa.agent import ask, server_chat_model
+
+    images = ctx_for(synthme, annotated(synthme)[0]).images()
+    remote = server_chat_model(served_qwen.url, str(tiny_qwen))
+    remote.max_tokens = 12
+    local = chat_model(llm.backend, llm.gen.__class__(max_new_tokens=12, batch_size=1))
+    q = "What is the coarse expression class?"
+    assert ask(remote, images, q) == ask(local, images, q) != ""

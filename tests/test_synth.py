@@ -13,7 +13,7 @@ from conftest import run_cli
 from mevqa.config import FrameConfig
 from mevqa.data.megc import read_jsonl
 from mevqa.data.qa import parse_au_codes
-from mevqa.data.synth import EMOTION_RULES, REGION_ROWS, REGIONS, synthesize
+from mevqa.data.synth import EMOTION_RULES, MODELLED_AUS, REGION_ROWS, REGIONS, synthesize
 from mevqa.inputs import flow_field, load_clip, region_motion
 from mevqa.prompts import FINE_TO_COARSE, classify
 from mevqa.video import open_clip
@@ -72,6 +72,13 @@ def test_layout_and_split_by_subject(synthme):
         assert 1 < int(a["onset"]) < int(a["apex"]) < int(a["offset"]) < n
         dur = (int(a["offset"]) - int(a["onset"])) / 200.0
         assert 0.2 <= dur <= 0.5 + 1e-9  # a micro-expression: 0.2-0.5 s at 200 fps
+
+
+def test_every_modelled_au_has_a_region_and_the_rules_use_only_those():
+    required = {1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 24, 25, 26}  # the list
+    assert required <= set(MODELLED_AUS) and set(MODELLED_AUS) <= set(REGIONS)
+    for recipes in EMOTION_RULES.values():
+        assert all(int(code.lstrip("S")) in MODELLED_AUS for r in recipes for code in r)
 
 
 def test_labels_follow_the_rules(synthme):

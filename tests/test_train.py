@@ -242,7 +242,7 @@ def test_eval_takes_the_adapters_recorded_input_mode(synthme, tiny_qwen, tmp_pat
     adapter = tmp_path / "diff-lora"
     train(cfg_for(synthme, tiny_qwen, adapter, max_steps=1, input="diff", prompt="labels"))
     out = tmp_path / "run"
-    r = run_cli(
+    args = [
         "eval",
         "--data",
         str(synthme / "test.jsonl"),
@@ -258,27 +258,13 @@ def test_eval_takes_the_adapters_recorded_input_mode(synthme, tiny_qwen, tmp_pat
         "2",
         "--max-new-tokens",
         "4",
-    )
-    assert r.returncode == 0, r.stderr
-    settings = json.loads((out / "metrics.json").read_text())["settings"]
-    assert settings["frames"]["input"] == "diff" and settings["prompt"] == "labels"
-    r = run_cli(
-        "eval",
-        "--data",
-        str(synthme / "test.jsonl"),
-        "--root",
-        str(synthme),
-        "--model",
-        str(tiny_qwen),
-        "--adapter",
-        str(adapter),
-        "--out",
-        str(out),
-        "--limit",
-        "2",
-        "--max-new-tokens",
-        "4",
-        "--input",
-        "frames",
-    )
-    assert json.loads((out / "metrics.json").read_text())["settings"]["frames"]["input"] == "frames"
+    ]
+
+    def settings(*extra: str) -> dict:
+        r = run_cli(*args, *extra)
+        assert r.returncode == 0, r.stderr
+        return json.loads((out / "metrics.json").read_text())["settings"]
+
+    recorded = settings()
+    assert recorded["frames"]["input"] == "diff" and recorded["prompt"] == "labels"
+    assert settings("--input", "frames")["frames"]["input"] == "frames"  # a flag still overrides

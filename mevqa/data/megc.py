@@ -18,8 +18,6 @@ from mevqa.errors import InputError
 from mevqa.prompts import AU_NAMES, COARSE_LABELS, FINE_LABELS, classify
 from mevqa.video import VIDEO_EXTS
 
-KNOWN_DATASETS = ("casme2", "samm", "smic", "casme3", "synthme")
-
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """All rows of a JSONL file; a malformed line or a row without its key fields names file:line."""
