@@ -1,27 +1,47 @@
 """mevqa Gradio demo: upload a face clip, see what the model sees, ask about it.
 
     python app.py [--model M] [--adapter A] [--base-url URL] [--host 127.0.0.1] [--port 7860]
-                  [--auth user:pass]
+                  [--auth user:pass] [--max-upload-mb 50] [--work-dir DIR]
 
 `build_demo(...)` returns the gr.Blocks; nothing lives at module level. With no --model it runs on the
 demo's tiny model (`make demo` builds it; else a random tiny Qwen2.5-VL is built) and says so.
+
+Uploads are hostile until proven otherwise: each upload is unpacked into a fresh folder of its own
+session (never named after the user's file), zips are checked against size and member caps from their
+directory *before* anything is written and again while copying, videos are probed for frame size and
+count before decoding, and a session's folders are deleted when the session ends or the app exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mevqa.errors import InputError, MevqaError
 
 VIDEO_TYPES = [".mp4", ".avi", ".mov", ".mkv", ".webm"]
+FRAME_TYPES = (".jpg", ".jpeg", ".png", ".bmp")
 DEMO = Path(".cache/demo")
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """What one upload may cost. A real ME clip is a few hundred frames of at most ~2k x 1k pixels."""
+
+    max_mb: float = 50.0  # the upload itself
+    max_unpacked_mb: float = 500.0  # a zip's members, uncompressed, in total
+    max_members: int = 2000  # frames in a zip
+    max_side: int = 4096  # frame width or height, in pixels
+    max_frames: int = 20000  # frames in a video
 
 
 def default_model() -> tuple[str, str | None, str]:
@@ -35,34 +55,84 @@ def default_model() -> tuple[str, str | None, str]:
     path = Path(".cache/app/tiny-qwen2_5_vl")
     if not (path / "config.json").exists():
         build_tiny("qwen2_5_vl", path)
-    return (
-        str(path),
-        None,
-        "a tiny random-weight Qwen2.5-VL (answers are noise; run `make demo` to train one)",
-    )
+    return str(path), None, "a tiny random-weight Qwen2.5-VL (answers are noise; run `make demo` to train one)"
 
 
-def unpack_upload(path: str, work: Path, max_mb: float) -> Path:
-    """A video file, or a zip of frames extracted safely; refuses what is too big or of the wrong type."""
+def _probe_video(p: Path, limits: UploadLimits) -> None:
+    """Frame size and count from the container header, before anything is decoded."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(p))
+    try:
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+    if max(w, h) > limits.max_side or n > limits.max_frames:
+        raise InputError(
+            f"{p.name} — {w}x{h} pixels, {n} frames: over the limits ({limits.max_side} px a side, "
+            f"{limits.max_frames} frames)"
+        )
+
+
+def _members(z: zipfile.ZipFile, name: str, limits: UploadLimits) -> list[zipfile.ZipInfo]:
+    """The zip's frame members, refused from its directory when too many or too large."""
+    members = [i for i in z.infolist() if not i.is_dir() and Path(i.filename).suffix.lower() in FRAME_TYPES]
+    if not members:
+        raise InputError(f"{name} — the zip holds no {'/'.join(FRAME_TYPES)} frames")
+    if len(members) > limits.max_members:
+        raise InputError(f"{name} — {len(members)} frames; at most {limits.max_members} per clip")
+    total = sum(i.file_size for i in members) / 2**20
+    if total > limits.max_unpacked_mb:
+        raise InputError(f"{name} — unpacks to {total:.0f} MB; at most {limits.max_unpacked_mb:.0f} MB")
+    return members
+
+
+def _copy_capped(z: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, budget: list[int], name: str) -> None:
+    """Copy one member in chunks, never more than the directory declared nor the remaining budget."""
+    left = min(info.file_size, budget[0])
+    with z.open(info) as src, dest.open("wb") as out:
+        while chunk := src.read(1 << 20):
+            left -= len(chunk)
+            if left < 0:
+                raise InputError(f"{name} — a member unpacks to more than its declared size (a zip bomb?)")
+            out.write(chunk)
+    budget[0] -= info.file_size
+
+
+def unpack_upload(path: str, work: Path, limits: UploadLimits = UploadLimits()) -> Path:
+    """A video file (probed), or a zip of frames extracted into a *new* folder under `work`."""
     p = Path(path)
     size_mb = p.stat().st_size / 2**20
-    if size_mb > max_mb:
-        raise InputError(f"{p.name} — {size_mb:.1f} MB is over the {max_mb:.0f} MB upload limit")
+    if size_mb > limits.max_mb:
+        raise InputError(f"{p.name} — {size_mb:.1f} MB is over the {limits.max_mb:.0f} MB upload limit")
     suffix = p.suffix.lower()
     if suffix in VIDEO_TYPES:
+        _probe_video(p, limits)
         return p
     if suffix != ".zip":
         raise InputError(f"{p.name} — upload a video ({', '.join(VIDEO_TYPES)}) or a .zip of frames")
-    out = work / p.stem
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    with zipfile.ZipFile(p) as z:
-        names = [n for n in z.namelist() if Path(n).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")]
-        if not names:
-            raise InputError(f"{p.name} — the zip holds no .jpg/.png/.bmp frames")
-        for n in names:  # flatten: only file names, so no member can write outside `out`
-            (out / Path(n).name).write_bytes(z.read(n))
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="clip-", dir=work))  # fresh, never derived from the user's file name
+    try:
+        with zipfile.ZipFile(p) as z:
+            budget = [int(limits.max_unpacked_mb * 2**20)]
+            for k, info in enumerate(_members(z, p.name, limits)):
+                # flatten to a numbered name: no member can write outside `out`, names cannot collide
+                dest = out / f"{Path(info.filename).stem[-40:]}_{k}{Path(info.filename).suffix.lower()}"
+                _copy_capped(z, info, dest, budget, p.name)
+    except zipfile.BadZipFile:
+        shutil.rmtree(out, ignore_errors=True)
+        raise InputError(f"{p.name} — not a readable zip file") from None
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
+
+
+def _remove(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def build_demo(
@@ -70,89 +140,87 @@ def build_demo(
     adapter: str | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
-    max_upload_mb: float = 50.0,
+    limits: UploadLimits = UploadLimits(),
+    work_dir: str | Path | None = None,
 ):
     """The app as a gr.Blocks; the model is loaded once here."""
     import gradio as gr
 
-    from mevqa.agent import ClipContext, chat_model, hierarchical
+    from mevqa.agent import ClipContext, agent_markdown, hierarchical
     from mevqa.backends.base import VQARequest, load_backend
-    from mevqa.config import INPUT_MODES, FrameConfig, GenConfig
+    from mevqa.config import INPUT_MODES, FrameConfig, GenConfig, ModelSpec, ServerSpec
+    from mevqa.facs import REGION_ROWS
+    from mevqa.models.adapters import recorded_settings
     from mevqa.prompts import PROMPT_STRATEGIES, TEMPLATE_EXAMPLES, Message, render_question
 
     notice = f"Model: `{model}`" + (f" + adapter `{adapter}`" if adapter else "")
     if model is None:
         model, adapter, what = default_model()
         notice = f"No checkpoint given — running on {what}."
-    from mevqa.train.adapters import recipe
-
-    recorded = recipe(adapter) if adapter and Path(adapter).is_dir() else {}
-    default_mode = recorded.get("input", "frames")  # what the adapter was trained on
-    kind = "openai" if base_url else "transformers"
-    backend = load_backend(kind, model=model, adapter=adapter, base_url=base_url, api_key=api_key)
-    gen = GenConfig(max_new_tokens=64, batch_size=1)
-    work = Path(tempfile.mkdtemp(prefix="mevqa-app-"))
+    recorded = recorded_settings(adapter)
+    default_mode = recorded.get("frames", {}).get("input", "frames")  # what the adapter was trained on
+    server = ServerSpec(base_url=(base_url,), api_key=api_key) if base_url else ServerSpec()
+    backend = load_backend(ModelSpec(model, adapter, backend="openai" if base_url else "transformers"), server)
+    gen = GenConfig()
+    if work_dir:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="mevqa-app-", dir=work_dir))  # this app's; removed when it exits
+    atexit.register(_remove, str(root))
     examples = sorted(str(p) for p in (DEMO / "synthme" / "frames").glob("*"))[:12]
 
-    def load(file, example, mode, frames):
+    def load(file, example, mode, frames, session):
+        session = session or tempfile.mkdtemp(prefix="session-", dir=root)
         try:
-            clip = unpack_upload(file, work, max_upload_mb) if file else (Path(example) if example else None)
-            if clip is None:
-                return None, [], None, "Upload a clip or pick an example."
+            if not (file or example):
+                return None, [], None, "Upload a clip or pick an example.", session
+            for old in Path(session).iterdir():  # this session's previous upload
+                shutil.rmtree(old, ignore_errors=True)
+            clip = unpack_upload(file, Path(session), limits) if file else Path(example)
             ctx = ClipContext(str(clip), FrameConfig(frames=int(frames), input=mode))
             images = ctx.images(FrameConfig(frames=int(frames)))
             flow, motion = ctx.flow()
         except MevqaError as e:
-            return None, [], None, f"**error:** {e}"
-        top = max(("brows", "eyes", "nose", "mouth", "chin"), key=motion.get)
-        return (
-            str(clip),
-            images,
-            flow,
-            f"Loaded `{Path(clip).name}`: {len(images)} frames; most motion: {top}.",
-        )
+            return None, [], None, f"**error:** {e}", session
+        top = max(REGION_ROWS, key=motion.get)
+        status = f"Loaded `{Path(file or example).name}`: {len(images)} frames; most motion: {top}."
+        return ctx, images, flow, status, session
 
-    def respond(message, history, clip, mode, frames, prompt, agent) -> Iterator[tuple[list, str]]:
+    def _reply(message, ctx, mode, frames, prompt, agent) -> Iterator[str]:
+        if agent:
+            yield agent_markdown(hierarchical(backend, ctx, gen))
+            return
+        parts = ctx.parts(FrameConfig(frames=int(frames), input=mode))
+        req = VQARequest("app", (Message.user(*parts, render_question(message, prompt)),))
+        yield from backend.stream(req, gen)
+
+    def respond(message, history, ctx, mode, frames, prompt, agent) -> Iterator[tuple[list, str]]:
         history = list(history or [])
         if not message:
             yield history, ""
             return
-        history.append({"role": "user", "content": message})
-        if not clip:
-            history.append({"role": "assistant", "content": "Load a clip first (upload or pick an example)."})
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        if ctx is None:
+            history[-1]["content"] = "Load a clip first (upload or pick an example)."
             yield history, ""
             return
-        cfg = FrameConfig(frames=int(frames), input=mode)
-        ctx = ClipContext(clip, cfg)
-        if agent:
-            r = hierarchical(chat_model(backend, gen), ctx)
-            steps = "\n".join(f"- **{s['step']}**: {s['answer']}" for s in r["steps"])
-            verdict = "consistent" if r["consistent"] else "⚠️ " + "; ".join(r["flags"])
-            head = f"coarse **{r['coarse']}**, fine **{r['fine']}**, AUs {', '.join(r['aus']) or '—'}"
-            text = f"{head}\n\n{steps}\n\n{verdict}"
-            history.append({"role": "assistant", "content": text})
-            yield history, ""
-            return
-        req = VQARequest("app", (Message.user(*ctx.parts(), render_question(message, prompt)),))
-        history.append({"role": "assistant", "content": ""})
-        if hasattr(backend, "stream"):
-            for partial in backend.stream(req, gen):
+        try:
+            for partial in _reply(message, ctx, mode, frames, prompt, agent):
                 history[-1]["content"] = partial
                 yield history, ""
-            if not history[-1]["content"]:
-                history[-1]["content"] = "(the model gave an empty answer)"
-        else:
-            (ans,) = backend.generate([req], gen)
-            history[-1]["content"] = ans.text if ans.ok else f"error: {ans.error}"
+        except (MevqaError, RuntimeError) as e:
+            history[-1]["content"] = f"error: {e}"
+        if not history[-1]["content"]:
+            history[-1]["content"] = "(the model gave an empty answer)"
         yield history, ""
 
     with gr.Blocks(title="mevqa — micro-expression VQA") as demo:
         gr.Markdown(f"# mevqa — ask about a micro-expression\n{notice}")
         clip_state = gr.State(None)
+        session = gr.State(None, delete_callback=_remove)  # this user's upload folder, removed with the session
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
-                    label=f"Clip: video or .zip of frames (≤ {max_upload_mb:.0f} MB)",
+                    label=f"Clip: video or .zip of frames (≤ {limits.max_mb:.0f} MB)",
                     file_types=[*VIDEO_TYPES, ".zip"],
                     type="filepath",
                 )
@@ -170,21 +238,38 @@ def build_demo(
                 chat = gr.Chatbot(label="chat", height=420, elem_id="chat")
                 box = gr.Textbox(placeholder="Ask about the clip…", label="question")
                 with gr.Row():
-                    buttons = [
-                        gr.Button(q, size="sm") for q in TEMPLATE_EXAMPLES[:4] + TEMPLATE_EXAMPLES[6:7]
-                    ]
-        load_args = dict(
-            inputs=[upload, example, mode, frames], outputs=[clip_state, gallery, flow_img, status]
+                    buttons = [gr.Button(q, size="sm") for q in TEMPLATE_EXAMPLES[:4] + TEMPLATE_EXAMPLES[6:7]]
+        # decoding runs beside other users' (4 at a time); the model answers one request at a time
+        load_io = dict(
+            inputs=[upload, example, mode, frames, session],
+            outputs=[clip_state, gallery, flow_img, status, session],
+            concurrency_limit=4,
+            concurrency_id="decode",
         )
-        upload.change(load, **load_args, api_name="load_clip")
-        example.change(load, **load_args, api_name=False)
-        chat_io = dict(inputs=[box, chat, clip_state, mode, frames, prompt, agent], outputs=[chat, box])
+        upload.change(load, **load_io, api_name="load_clip")
+        example.change(load, **load_io, api_visibility="private")
+        chat_io = dict(
+            inputs=[box, chat, clip_state, mode, frames, prompt, agent],
+            outputs=[chat, box],
+            concurrency_limit=1,
+            concurrency_id="model",
+        )
         box.submit(respond, **chat_io, api_name="ask")
         for b in buttons:
-            b.click(lambda q: q, inputs=b, outputs=box, api_name=False).then(
-                respond, **chat_io, api_name=False
+            b.click(lambda q: q, inputs=b, outputs=box, api_visibility="private").then(
+                respond, **chat_io, api_visibility="private"
             )
     return demo
+
+
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    """`user:pass` (from --auth or $MEVQA_AUTH); an empty user or password would lock everyone out."""
+    if not auth:
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise InputError("--auth / MEVQA_AUTH — expected user:pass with a non-empty user and password")
+    return user, password
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,27 +281,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--auth", help="user:pass login (default: $MEVQA_AUTH; none if unset)")
-    p.add_argument("--max-upload-mb", type=float, default=50.0)
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload (default: 50)")
+    p.add_argument("--work-dir", help="folder for unpacked uploads (default: a temporary folder, removed on exit)")
     a = p.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    auth = a.auth or os.environ.get("MEVQA_AUTH")
-    if auth and ":" not in auth:
-        print("error: --auth — expected user:pass", file=sys.stderr)
-        return 2
-    if a.base_url and not a.model:
-        print("error: --base-url — also pass --model (the served model name)", file=sys.stderr)
-        return 2
     try:
-        demo = build_demo(
-            a.model, a.adapter, a.base_url, a.api_key or os.environ.get("MEVQA_API_KEY"), a.max_upload_mb
-        )
+        auth = parse_auth(a.auth or os.environ.get("MEVQA_AUTH"))
+        if a.base_url and not a.model:
+            raise InputError("--base-url — also pass --model (the served model name)")
+        limits = UploadLimits(max_mb=a.max_upload_mb)
+        demo = build_demo(a.model, a.adapter, a.base_url, a.api_key or os.environ.get("MEVQA_API_KEY"), limits, a.work_dir)
     except MevqaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SIGTERM runs the clean-up, as Ctrl-C does
     demo.queue().launch(
         server_name=a.host,
         server_port=a.port,
-        auth=tuple(auth.split(":", 1)) if auth else None,
+        auth=auth,
         max_file_size=f"{a.max_upload_mb:.0f}mb",
         show_error=True,
     )

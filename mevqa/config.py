@@ -1,11 +1,24 @@
-"""Frozen run settings. CLI flags and YAML files both land here, so a run is described by values, not code."""
+"""Frozen run settings, composed from small specs.
+
+A run is described by values, not code: `ModelSpec` (which model, how loaded), `ServerSpec` (an
+OpenAI-compatible server), `VLLMSpec` (vLLM's engine), `FrameConfig` (clip -> model input), `GenConfig`
+(generation) and `LoraSpec` are each written once and *held* by `EvalConfig` and `TrainConfig`, never
+copied field by field. YAML files use the same nesting (`frames: {input: flow, flow_with_oao: true}`),
+and the CLI's flags are generated from these dataclasses (`mevqa/cli/_args.py`): a field added here is
+reachable from YAML and from every command that holds its spec, with its type, choices, minimum and help
+(the `Attributes:` docstring) checked in one place (`Settings.__post_init__`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+import json
+import re
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -13,63 +26,431 @@ from mevqa.errors import InputError
 
 SAMPLINGS = ("uniform", "keyframes", "all")
 INPUT_MODES = ("frames", "video", "oao", "flow", "diff")
+FLOW_METHODS = ("farneback", "tvl1")
+BACKEND_NAMES = ("transformers", "openai", "vllm")
+PROMPT_STRATEGIES = ("plain", "labels", "hierarchical")
+METHODS = ("lora", "qlora", "full")
+# Language-model projections of Qwen2.5-VL (model.language_model.*) and Idefics3/SmolVLM (model.text_model.*):
+# what vLLM serves LoRA on by default.
+LM_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def setting(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
+    """A field with validation rules: `choices=(...)`, `min=N` (inclusive), `above=N` (exclusive),
+    `required=True` (must be non-empty); `aliases=("--old-flag",)` for the CLI. `Settings.__post_init__`
+    enforces the rules."""
+    if isinstance(default, Settings):
+        return field(default_factory=lambda: default, metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+class Settings:
+    """Base of every spec: checks each value's type and rules when the dataclass is built.
+
+    A YAML value of the wrong type (`frames: "8"`), a value below its minimum (`--batch-size 0`) or outside
+    its choices is one `InputError` naming the key, whichever way it came in (YAML, flag, Python).
+    """
+
+    FLAG_PREFIX: ClassVar[str] = ""  # e.g. "lora_": LoraSpec.r is the flag --lora-r
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            _check(f.name, getattr(self, f.name), hints(type(self))[f.name], f.metadata)
+
+
+@functools.cache
+def hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(t: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
+
+
+def _check(name: str, value: Any, t: Any, rules: typing.Mapping[str, Any]) -> None:
+    args = typing.get_args(t)
+    if value is None and type(None) in args:
+        return
+    base = next((a for a in args if a is not type(None)), t) if args and type(None) in args else t
+    origin = typing.get_origin(base)
+    if dataclasses.is_dataclass(base):
+        ok = isinstance(value, base)
+    elif origin is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        want = "a list of strings" if origin is tuple else _type_name(base)
+        raise InputError(f"{name} = {value!r} — expected {want}")
+    if "choices" in rules and value not in rules["choices"]:
+        raise InputError(f"{name} = {value!r} — choose one of {', '.join(map(str, rules['choices']))}")
+    if "min" in rules and value < rules["min"]:
+        raise InputError(f"{name} = {value!r} — must be at least {rules['min']}")
+    if "above" in rules and value <= rules["above"]:
+        raise InputError(f"{name} = {value!r} — must be above {rules['above']}")
+    if rules.get("required") and not value:
+        raise InputError(f"{name} — required (give --{name.replace('_', '-')} or set it in --config)")
+
+
+# ---------------------------------------------------------------- the specs
+@dataclass(frozen=True)
+class ModelSpec(Settings):
+    """Which model answers, and how it is loaded.
+
+    Attributes:
+        model: model directory or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct); with --backend openai, the
+            served base model's name.
+        adapter: PEFT LoRA adapter folder on top of --model; with --backend openai, the adapter's served
+            name or its folder (served under the folder's name, as `mevqa serve` does).
+        backend: transformers (in this process), openai (an OpenAI-compatible server: vLLM, transformers
+            serve) or vllm (vLLM's engine in this process).
+        device: cpu, cuda, cuda:1 ... (auto: cuda when available).
+        dtype: auto (bf16 on a GPU, fp32 on CPU), float32, bfloat16 or float16.
+        trust_remote_code: allow the checkpoint's own Python code.
+        load_in_4bit: load the base in 4-bit (bitsandbytes) to save memory; adapters still apply.
+        quant_type: 4-bit data type, nf4 or fp4 (with --load-in-4bit or --method qlora).
+        double_quant: also quantize the 4-bit scales (about 0.4 bit per weight less).
+    """
+
+    model: str = setting("")
+    adapter: str | None = None
+    backend: str = setting("transformers", choices=BACKEND_NAMES)
+    device: str = "auto"
+    dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
+    trust_remote_code: bool = False
+    load_in_4bit: bool = False
+    quant_type: str = setting("nf4", choices=("nf4", "fp4"))
+    double_quant: bool = True
 
 
 @dataclass(frozen=True)
-class FrameConfig:
+class ServerSpec(Settings):
+    """An OpenAI-compatible server (used with --backend openai).
+
+    Attributes:
+        base_url: server URL ending in /v1, e.g. http://127.0.0.1:8000/v1; repeat for replicas.
+        api_key: key for --base-url (default: $MEVQA_API_KEY).
+        concurrency: requests in flight per call.
+        retries: retries on connection errors and 5xx, never on 4xx.
+        image_format: frame encoding over HTTP: png (lossless; a micro-movement is a few pixels) or jpeg.
+        video_as: --input video over HTTP: frames (image_url parts) or video_url (one mp4, vLLM).
+        timeout: seconds to wait for one answer.
+    """
+
+    base_url: tuple[str, ...] = ()
+    api_key: str | None = None
+    concurrency: int = setting(4, min=1)
+    retries: int = setting(3, min=0)
+    image_format: str = setting("png", choices=("png", "jpeg"))
+    video_as: str = setting("frames", choices=("frames", "video_url"))
+    timeout: float = setting(120.0, above=0)
+
+
+@dataclass(frozen=True)
+class VLLMSpec(Settings):
+    """vLLM's engine (`--backend vllm` in this process, and `mevqa serve`).
+
+    Attributes:
+        tensor_parallel_size: GPUs per model replica.
+        gpu_memory_utilization: share of GPU memory vLLM may take.
+        max_images: images per prompt the engine accepts.
+        max_model_len: context length (default: the model's).
+        enforce_eager: no CUDA graphs / compilation (starts faster; the answers are the same).
+        max_lora_rank: largest LoRA rank to serve (default: the adapters' own, rounded up).
+    """
+
+    tensor_parallel_size: int = setting(1, min=1)
+    gpu_memory_utilization: float = setting(0.9, above=0)
+    max_images: int = setting(16, min=1)
+    max_model_len: int | None = setting(None, min=16)
+    enforce_eager: bool = False
+    max_lora_rank: int | None = setting(None, min=1)
+
+
+@dataclass(frozen=True)
+class FrameConfig(Settings):
     """How a clip becomes model input.
 
     Attributes:
-        frames: how many frames `uniform` samples.
-        sampling: `uniform`, `keyframes` (onset/apex/offset) or `all` (every frame up to `max_frames`).
-        input: `frames` (N images), `video` (one video part), `oao` (onset/apex/offset images),
-            `flow` (optical-flow image onset -> apex) or `diff` (apex - onset); see `inputs.py`.
-        max_frames: cap for `all`.
-        folder_fps: frame rate assumed for a frame folder (CASME II and SAMM were filmed at 200 fps).
+        frames: how many frames uniform sampling takes.
+        sampling: uniform, keyframes (onset/apex/offset) or all (every frame up to --max-frames).
+        input: frames (N images), video (one video part), oao (onset/apex/offset images), flow
+            (optical-flow image onset -> apex) or diff (apex - onset); see inputs.py.
+        max_frames: cap for --sampling all.
+        folder_fps: frame rate of a frame folder (CASME II and SAMM were filmed at 200 fps).
         video_fps: the frame rate the *model* is told for a video part. Qwen2.5-VL spaces temporal ids
             by 1/fps; it was trained on ~2 fps samples, and 200 fps collapses all frames onto one id.
-        flow_with_oao: with `flow`, show onset, apex and offset before the flow image.
+        flow_with_oao: with --input flow, show onset, apex and offset before the flow image.
+        flow_method: optical flow for --input flow: farneback or tvl1 (OpenCV contrib's DualTVL1).
     """
 
-    frames: int = 8
-    sampling: str = "uniform"
-    input: str = "frames"
-    max_frames: int = 64
-    folder_fps: float = 200.0
-    video_fps: float = 2.0
+    frames: int = setting(8, min=1)
+    sampling: str = setting("uniform", choices=SAMPLINGS)
+    input: str = setting("frames", choices=INPUT_MODES)
+    max_frames: int = setting(64, min=1)
+    folder_fps: float = setting(200.0, above=0, aliases=("--fps",))
+    video_fps: float = setting(2.0, above=0)
     flow_with_oao: bool = False
-
-    def __post_init__(self) -> None:
-        if self.sampling not in SAMPLINGS:
-            raise InputError(f"sampling {self.sampling!r} — choose one of {', '.join(SAMPLINGS)}")
-        if self.input not in INPUT_MODES:
-            raise InputError(f"input {self.input!r} — choose one of {', '.join(INPUT_MODES)}")
-        if self.frames < 1 or self.max_frames < 1:
-            raise InputError(f"frames={self.frames}, max_frames={self.max_frames} — both must be at least 1")
+    flow_method: str = setting("farneback", choices=FLOW_METHODS)
 
 
 @dataclass(frozen=True)
-class GenConfig:
-    """Generation settings; greedy by default so answers are reproducible."""
+class GenConfig(Settings):
+    """How answers are generated; greedy by default so answers are reproducible.
 
-    max_new_tokens: int = 32
+    Attributes:
+        max_new_tokens: answer length cap, in tokens.
+        do_sample: sample instead of greedy decoding (implied by --samples above 1).
+        temperature: sampling temperature.
+        top_p: nucleus sampling mass.
+        samples: answers drawn per question; above 1 the answer is the majority label (self-consistency).
+    """
+
+    max_new_tokens: int = setting(48, min=1)
     do_sample: bool = False
-    temperature: float = 1.0
-    batch_size: int = 4
+    temperature: float = setting(1.0, above=0)
+    top_p: float = setting(1.0, above=0)
+    samples: int = setting(1, min=1)
+
+    @property
+    def sampling(self) -> bool:
+        return self.do_sample or self.samples > 1
 
 
+@dataclass(frozen=True)
+class LoraSpec(Settings):
+    """The LoRA adapter trained by --method lora / qlora.
+
+    Attributes:
+        r: LoRA rank.
+        alpha: LoRA alpha (scale = alpha / r).
+        dropout: dropout on the LoRA input.
+        target_modules: regex of the module names to adapt (default: the language model's projections).
+        vision: also adapt the vision tower (vLLM ignores it unless its tower-LoRA option is on).
+        projector: also adapt the vision-language projector.
+    """
+
+    FLAG_PREFIX: ClassVar[str] = "lora_"
+    r: int = setting(16, min=1)
+    alpha: int = setting(32, min=1)
+    dropout: float = setting(0.05, min=0)
+    target_modules: str = LM_TARGETS
+    vision: bool = False
+    projector: bool = False
+
+
+# ---------------------------------------------------------------- the jobs
+@dataclass(frozen=True)
+class AskConfig(Settings):
+    """`mevqa ask` and `mevqa chat`: one clip, one model.
+
+    Attributes:
+        onset: onset frame number (the file number in a folder, the 0-based index in a video).
+        apex: apex frame number (estimated as the frame farthest from onset when not given).
+        offset: offset frame number.
+        seed: random seed for sampled answers (--samples, --do-sample).
+    """
+
+    model: ModelSpec = setting(ModelSpec())
+    frames: FrameConfig = setting(FrameConfig())
+    gen: GenConfig = setting(GenConfig())
+    server: ServerSpec = setting(ServerSpec())
+    vllm: VLLMSpec = setting(VLLMSpec())
+    onset: int | None = setting(None, min=0)
+    apex: int | None = setting(None, min=0)
+    offset: int | None = setting(None, min=0)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check("model", self.model.model, str, {"required": True})
+
+
+@dataclass(frozen=True)
+class EvalConfig(Settings):
+    """`mevqa eval`: answer every question of a MEGC file, resumably, and score it.
+
+    Attributes:
+        data: MEGC JSONL (train-style with answers, or a test file to answer).
+        out: output folder (predictions, metrics, report, submission files).
+        root: folder holding the clips.
+        clip_pattern: clip path under --root, e.g. {dataset}/{subject}/{filename} or videos/{image_id}.mp4.
+        prompt: plain, labels (append the label set) or hierarchical (coarse first; the rest given it).
+        batch_size: questions per batch (whole clips; a clip's questions stay together).
+        limit: only the first N questions (the answers already in --out for other questions are kept).
+        label_set: UF1/UAR classes: gt (ground truth) or union (with the predictions).
+        seed: random seed for sampled answers (--samples, --do-sample).
+        reuse: decode each clip once for all its questions (--no-reuse: per question, a benchmark baseline).
+        overwrite: discard earlier predictions in --out.
+        max_errors: stop after this many failed answers in a row (0: never stop).
+    """
+
+    data: str = setting("", required=True)
+    out: str = setting("", required=True)
+    model: ModelSpec = setting(ModelSpec())
+    frames: FrameConfig = setting(FrameConfig())
+    gen: GenConfig = setting(GenConfig())
+    server: ServerSpec = setting(ServerSpec())
+    vllm: VLLMSpec = setting(VLLMSpec())
+    root: str | None = None
+    clip_pattern: str | None = None
+    prompt: str = setting("plain", choices=PROMPT_STRATEGIES)
+    batch_size: int = setting(8, min=1)
+    limit: int | None = setting(None, min=1)
+    label_set: str = setting("gt", choices=("gt", "union"))
+    seed: int = 0
+    reuse: bool = True
+    overwrite: bool = False
+    max_errors: int = setting(20, min=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check("model", self.model.model, str, {"required": True})
+
+
+@dataclass(frozen=True)
+class TrainConfig(Settings):
+    """`mevqa train`: a recipe; `adapters/recipes/*.yaml` use the same keys.
+
+    Attributes:
+        data: training JSONL (rows with answers).
+        out: adapter folder to write, e.g. adapters/my-lora.
+        root: folder holding the clips.
+        eval_data: held-out JSONL, scored after every epoch (or every --eval-every steps).
+        clip_pattern: clip path under --root, e.g. {dataset}/{subject}/{filename}.
+        prompt: plain, labels or hierarchical (trained with the gold coarse class as the hint).
+        method: lora, qlora (4-bit base, bitsandbytes) or full (every weight; small models).
+        question_types: train only on these question types (coarse, fine, au_list, ...).
+        lr: peak learning rate (cosine schedule with warm-up).
+        epochs: passes over the data.
+        max_steps: stop after N optimizer steps (overrides --epochs).
+        batch_size: samples per device per micro-step.
+        grad_accum: micro-steps per optimizer step.
+        warmup_ratio: share of the steps spent warming up.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping norm.
+        grad_checkpointing: trade compute for memory.
+        seed: seed for data order and LoRA init.
+        save_every: checkpoint every N steps (0: never).
+        log_every: progress-bar loss every N steps.
+        eval_limit: held-out questions scored (default: all).
+        eval_every: score held-out data every N steps (default: at the end of every epoch).
+        resume: continue from the latest checkpoint in --out.
+        overwrite: replace an adapter already in --out.
+        report_to: experiment tracker: tensorboard (into --out/runs), wandb or none.
+    """
+
+    data: str = setting("", required=True)
+    out: str = setting("", required=True)
+    model: ModelSpec = setting(ModelSpec())
+    frames: FrameConfig = setting(FrameConfig())
+    gen: GenConfig = setting(GenConfig())
+    lora: LoraSpec = setting(LoraSpec())
+    root: str | None = None
+    eval_data: str | None = None
+    clip_pattern: str | None = None
+    prompt: str = setting("plain", choices=PROMPT_STRATEGIES)
+    method: str = setting("lora", choices=METHODS)
+    question_types: tuple[str, ...] | None = None
+    lr: float = setting(1e-4, above=0)
+    epochs: float = setting(3.0, above=0)
+    max_steps: int | None = setting(None, min=1)
+    batch_size: int = setting(1, min=1)
+    grad_accum: int = setting(8, min=1)
+    warmup_ratio: float = setting(0.03, min=0)
+    weight_decay: float = setting(0.0, min=0)
+    max_grad_norm: float = setting(1.0, above=0)
+    grad_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = setting(200, min=0)
+    log_every: int = setting(10, min=1)
+    eval_limit: int | None = setting(None, min=1)
+    eval_every: int | None = setting(None, min=1)
+    resume: bool = False
+    overwrite: bool = False
+    report_to: str = setting("tensorboard", choices=("tensorboard", "wandb", "none"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check("model", self.model.model, str, {"required": True})
+        if self.model.adapter or self.model.backend != "transformers" or self.model.load_in_4bit:
+            raise InputError(
+                "model.adapter / model.backend / model.load_in_4bit — not training settings: train takes a "
+                "base --model in this process (for a 4-bit base use --method qlora)"
+            )
+
+    def eval_config(self, data: str = "-", out: str = "-") -> EvalConfig:
+        """The eval settings that answer like this recipe (held-out scoring, cross-validation)."""
+        return EvalConfig(
+            data=data,
+            out=out,
+            model=self.model,
+            frames=self.frames,
+            gen=self.gen,
+            root=self.root,
+            clip_pattern=self.clip_pattern,
+            prompt=self.prompt,
+            seed=self.seed,
+        )
+
+
+# ---------------------------------------------------------------- dicts and YAML
 T = TypeVar("T")
 
 
-def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
-    """Build dataclass `cls` from `values`, naming any unknown key instead of ignoring it."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
+def from_dict(cls: type[T], values: Any, source: str = "config", path: str = "") -> T:
+    """Build `cls` from nested `values`, naming any unknown key or bad value (with its YAML path).
+
+    A section given as a scalar sets its first field: `model: DIR` is `model: {model: DIR}`, and
+    `frames: 8` is `frames: {frames: 8}`.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if not isinstance(values, dict):
+        values = {next(iter(fields)): values}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise InputError(
-            f"{source}: unknown key(s) {', '.join(unknown)} — valid keys: {', '.join(sorted(names))}"
+            f"{source}: unknown key(s) {', '.join(path + u for u in unknown)} — valid keys: "
+            f"{', '.join(path + n for n in fields)}"
         )
-    return cls(**values)
+    kwargs = {}
+    for k, v in values.items():
+        t = hints(cls)[k]
+        if dataclasses.is_dataclass(t):
+            kwargs[k] = from_dict(t, v, source, f"{path}{k}.")
+        else:
+            kwargs[k] = tuple(v) if isinstance(v, list) else v
+    try:
+        return cls(**kwargs)
+    except InputError as e:
+        raise InputError(f"{source}: {path}{e}") from None
+
+
+def to_dict(settings: Any) -> dict[str, Any]:
+    """Plain nested dict (lists, not tuples): what YAML and JSON files record."""
+    return json.loads(json.dumps(dataclasses.asdict(settings)))
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, section by section (both already `expand`ed)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def expand(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Scalar sections written out as mappings (`model: DIR` -> `model: {model: DIR}`), for `merge`."""
+    out = dict(values)
+    for k, v in values.items():
+        t = hints(cls).get(k)
+        if t is not None and dataclasses.is_dataclass(t):
+            out[k] = expand(t, v if isinstance(v, dict) else {dataclasses.fields(t)[0].name: v})
+    return out
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -78,9 +459,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path} — config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise InputError(f"{path} — not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path} — expected a mapping of settings, got {type(data).__name__}")
     return data
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """`name: text` entries of the class docstring's `Attributes:` section (the flags' help)."""
+    doc = (cls.__doc__ or "").split("Attributes:", 1)
+    out: dict[str, str] = {}
+    name = None
+    for line in doc[1].splitlines() if len(doc) > 1 else []:
+        m = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if m:
+            name = m.group(1)
+            out[name] = m.group(2).strip()
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+    return out

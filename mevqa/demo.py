@@ -27,7 +27,8 @@ def pretraining_rows(rows: list[dict], seed: int = 0) -> list[dict]:
     The second kind teaches the label *vocabulary* (as a pretrained LM has it) without tying any label
     to what the clip shows: the order is random, so the visual mapping is left for the LoRA to learn.
     """
-    from mevqa.prompts import COARSE_LABELS, FINE_LABELS, classify
+    from mevqa.facs import COARSE_LABELS, FINE_LABELS
+    from mevqa.prompts import classify
 
     rng = random.Random(seed)
     out, clips = [], {}

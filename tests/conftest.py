@@ -7,15 +7,21 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # a stray download must fail loudly, here as for users offline
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib  # noqa: E402
+import io  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
+from mevqa.backends.base import load_backend  # noqa: E402
+from mevqa.config import ModelSpec  # noqa: E402
 from mevqa.models.tiny import build_tiny  # noqa: E402
 
 N_FRAMES = 48
@@ -58,6 +64,12 @@ def tiny_qwen(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen(tiny_qwen):
+    """The tiny Qwen2.5-VL loaded once for the session (tests that do not mutate it)."""
+    return load_backend(ModelSpec(str(tiny_qwen), device="cpu"))
+
+
+@pytest.fixture(scope="session")
 def tiny_idefics3(tmp_path_factory) -> Path:
     return build_tiny("idefics3", tmp_path_factory.mktemp("models") / "tiny-idefics3", seed=0)
 
@@ -73,7 +85,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python -m mevqa ARGS` as a user would, capturing output."""
+    """Run `python -m mevqa ARGS` in a fresh interpreter, as a user would (kills, no-traceback checks)."""
     return subprocess.run(
         [sys.executable, "-m", "mevqa", *args],
         capture_output=True,
@@ -83,17 +95,58 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str) -> Result:
+    """`mevqa ARGS` in this process (what `run_cli` checks, without re-paying start-up and imports)."""
+    from mevqa.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse: --help, usage errors
+            code = e.code if isinstance(e.code, int) else 2
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def eval_cli(data, root, model, out, *extra) -> Result:
+    return cli("eval", "--data", data, "--root", root, "--model", model, "--out", out, "--max-new-tokens", "12", *extra)
+
+
+def make_adapter(base: Path, out: Path, r: int = 8, base_name: str | None = None, recipe: dict | None = None) -> Path:
+    """A LoRA adapter on the language model of `base` (random B weights, so it changes the logits)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    peft.save_pretrained(out)
+    rec = {"base_model": str(base_name or base), "frames": {"input": "oao", "frames": 8}} | (recipe or {})
+    (out / "mevqa.yaml").write_text(yaml.safe_dump(rec))
+    return out
+
+
 def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-MEGC_DIR = Path(os.environ.get("MEVQA_MEGC_DIR", Path(__file__).resolve().parents[2] / "shared" / "megc"))
+MEGC_DIR = Path(__file__).resolve().parents[1] / "eval" / "megc"  # the real MEGC files, in the repo
 
 
 @pytest.fixture(scope="session")
 def megc_dir() -> Path:
-    if not (MEGC_DIR / "train_casme2.jsonl").is_file():
-        pytest.skip(f"the shared MEGC files are not at {MEGC_DIR} (set MEVQA_MEGC_DIR)")
+    assert (MEGC_DIR / "train_casme2.jsonl").is_file(), f"the MEGC files belong in {MEGC_DIR}"
     return MEGC_DIR
 
 

@@ -10,7 +10,7 @@ from conftest import run_cli
 from mevqa.agent import ClipContext, chat_model, consistency_flags, hierarchical, tools
 from mevqa.backends.base import load_backend
 from mevqa.data.qa import parse_au_codes
-from mevqa.data.synth import REGIONS
+from mevqa.facs import REGIONS
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from mevqa.data.convert import convert
 from mevqa.data.megc import read_jsonl
 from mevqa.data.qa import AU, parse_au_codes
 from mevqa.errors import InputError
-from mevqa.prompts import AU_NAMES, classify
+from mevqa.facs import AU_NAMES
+from mevqa.prompts import classify
 
 NAME_TO_AU = {v: k for k, v in AU_NAMES.items()}
 CASME2_HEADER = [

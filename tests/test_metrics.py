@@ -15,7 +15,8 @@ from sklearn.metrics import f1_score, recall_score
 from mevqa.data.megc import read_jsonl, row_id, write_jsonl
 from mevqa.evaluation.metrics import bleu, rouge1, score_rows, uar, uf1
 from mevqa.evaluation.parse import parse_aus, parse_label
-from mevqa.prompts import COARSE_LABELS, FINE_LABELS, classify
+from mevqa.facs import COARSE_LABELS, FINE_LABELS
+from mevqa.prompts import classify
 
 
 def _by_hand_uf1(gold, pred, classes):

@@ -13,9 +13,11 @@ from conftest import run_cli
 from mevqa.config import FrameConfig
 from mevqa.data.megc import read_jsonl
 from mevqa.data.qa import parse_au_codes
-from mevqa.data.synth import EMOTION_RULES, MODELLED_AUS, REGION_ROWS, REGIONS, synthesize
+from mevqa.data.synth import MODELLED_AUS, synthesize
+from mevqa.facs import EMOTION_RULES, REGION_ROWS, REGIONS
 from mevqa.inputs import flow_field, load_clip, region_motion
-from mevqa.prompts import FINE_TO_COARSE, classify
+from mevqa.facs import FINE_TO_COARSE
+from mevqa.prompts import classify
 from mevqa.video import open_clip
 
 BANDS = tuple(REGION_ROWS)

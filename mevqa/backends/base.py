@@ -1,17 +1,20 @@
 """The Backend seam: requests in, answers out, whatever runs the model.
 
-`__init__` of a backend takes ready objects (a model and processor, an HTTP client); `from_config`
-does the loading. A failed request becomes an `Answer` with `error` set — never an empty string that
-would be scored as a wrong answer.
+`__init__` of a backend takes ready objects (a model and processor, an HTTP client, an engine);
+`from_config(model, server, engine)` does the loading from the typed specs. A failed request becomes an
+`Answer` with `error` set — never an empty string that would be scored as a wrong answer. Running out
+of memory is not a failed request but a wrong setting: it stops the run (`ModelError`) with the batch
+size to try.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from mevqa.config import GenConfig
+from mevqa.config import BACKEND_NAMES, GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import InputError, MissingDependency
 from mevqa.prompts import Message
 
@@ -23,20 +26,25 @@ class VQARequest:
     Attributes:
         id: row id (echoed in the answer).
         messages: the conversation so far, ending with the user's question.
-        adapter: adapter name for backends that serve several (vLLM multi-LoRA); None = as loaded.
+        adapter: adapter for backends that serve several (vLLM multi-LoRA); None = as loaded.
+        seed: sampling seed for this question (sampled answers are reproducible per question).
     """
 
     id: str
     messages: tuple[Message, ...]
     adapter: str | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
 class Answer:
+    """The model's answer to one request; `samples` holds every draw when `GenConfig.samples` > 1."""
+
     id: str
     text: str
     error: str | None = None
     seconds: float = 0.0
+    samples: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -45,11 +53,29 @@ class Answer:
 
 @runtime_checkable
 class Backend(Protocol):
+    """What runs the model. `generate` answers one batch (the caller sizes it)."""
+
     name: str
 
     def generate(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
         """Answer every request, in order; failures are answers with `error` set."""
         ...
+
+    def prepare(self, requests: list[VQARequest], gen: GenConfig) -> Any:
+        """The CPU half of `generate` (rendering, preprocessing), run ahead while the previous batch
+        generates; by default nothing is done ahead."""
+        return requests
+
+    def run(self, prepared: Any, gen: GenConfig) -> list[Answer]:
+        """The model half: answers for what `prepare` returned."""
+        return self.generate(prepared, gen)
+
+    def stream(self, request: VQARequest, gen: GenConfig) -> Iterator[str]:
+        """Yield the answer as it grows (chat UIs); by default, the whole answer at once."""
+        (ans,) = self.generate([request], gen)
+        if ans.error:
+            raise RuntimeError(ans.error)
+        yield ans.text
 
 
 # name -> "module:Class"; imported only when chosen, so optional packages stay optional.
@@ -58,17 +84,31 @@ BACKENDS: dict[str, str] = {
     "openai": "mevqa.backends.openai_server:OpenAIBackend",
     "vllm": "mevqa.backends.vllm_offline:VLLMBackend",
 }
+assert tuple(BACKENDS) == BACKEND_NAMES
 
 
-def load_backend(name: str, **kwargs: Any) -> Backend:
-    """Instantiate backend `name` through its `from_config(**kwargs)`."""
-    if name not in BACKENDS:
-        raise InputError(f"--backend {name!r} — unknown backend; choose one of {', '.join(BACKENDS)}")
-    module, cls = BACKENDS[name].split(":")
+def load_backend(
+    model: ModelSpec, server: ServerSpec | None = None, engine: VLLMSpec | None = None
+) -> Backend:
+    """The backend `model.backend`, built by its `from_config(model, server, engine)`.
+
+    Each backend reads the specs that concern it; settings given for another backend (a --base-url
+    with the transformers backend) are refused rather than silently ignored.
+    """
+    server, engine = server or ServerSpec(), engine or VLLMSpec()
+    if model.backend != "openai" and server != ServerSpec():
+        raise InputError(
+            f"--base-url and the other server settings — need --backend openai, not {model.backend}"
+        )
+    if model.backend != "vllm" and engine != VLLMSpec():
+        raise InputError(
+            f"vLLM engine settings (--tensor-parallel-size, ...) — need --backend vllm, not {model.backend}"
+        )
+    module, cls = BACKENDS[model.backend].split(":")
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
         raise MissingDependency(
-            f"--backend {name} — needs {e.name}; install it with `pip install 'mevqa[{name}]'`"
+            f"--backend {model.backend} — needs {e.name}: pip install 'mevqa[{model.backend}]'"
         ) from None
-    return getattr(mod, cls).from_config(**kwargs)
+    return getattr(mod, cls).from_config(model, server, engine)

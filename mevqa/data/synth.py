@@ -10,9 +10,8 @@ FACS/EMFACS-style rules. Side convention: L/R is the *subject's* side, which is 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,52 +19,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mevqa.data.megc import write_jsonl
 from mevqa.data.qa import AU, ClipLabel, build_rows
-from mevqa.prompts import FINE_TO_COARSE
+from mevqa.errors import InputError
+from mevqa.facs import EMOTION_RULES, FINE_TO_COARSE
+from mevqa.io import atomic_write
 
-# emotion -> list of alternative AU recipes; "L"/"R" marks a unilateral AU (side drawn per clip)
-EMOTION_RULES: dict[str, list[list[str]]] = {
-    "happiness": [["6", "12"], ["6", "12", "25"], ["12"]],
-    "surprise": [["1", "2"], ["1", "2", "5"], ["1", "2", "26"]],
-    "disgust": [["9"], ["10"], ["4", "9"], ["9", "10", "17"]],
-    "anger": [["4", "7"], ["4", "7", "23"], ["4"]],
-    "sadness": [["1", "4", "15"], ["1", "4", "15", "17"]],
-    "fear": [["1", "2", "4", "20"], ["1", "2", "4", "5", "20"]],
-    "contempt": [["S12"], ["S14"]],
-    "repression": [["14"], ["15"], ["17"], ["24"], ["15", "17"], ["14", "24"]],
-}
 # Full AU displacement at apex as a fraction of the frame: ~3 px at 112 px, ~7 px at 224 px. Real
 # micro-expressions move a few pixels; smaller than this and JPEG noise and head jitter drown them.
 AMPLITUDE = 0.03
 MODELLED_AUS = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 24, 25, 26)
-# AU -> the facial bands its movement shows in (for tests, the agent's per-region motion, flow checks)
-REGIONS: dict[int, tuple[str, ...]] = {
-    1: ("brows",),
-    2: ("brows",),
-    4: ("brows",),
-    5: ("eyes",),
-    6: ("eyes",),
-    7: ("eyes",),
-    9: ("nose",),
-    10: ("mouth", "nose"),
-    12: ("mouth",),
-    14: ("mouth",),
-    15: ("mouth",),
-    17: ("chin", "mouth"),
-    20: ("mouth",),
-    23: ("mouth",),
-    24: ("mouth",),
-    25: ("mouth",),
-    26: ("chin", "mouth"),
-}
-# region -> (y0, y1) as fractions of the image height, generous enough to cover jitter
-REGION_ROWS = {
-    "brows": (0.26, 0.42),
-    "eyes": (0.38, 0.52),
-    "nose": (0.46, 0.66),
-    "mouth": (0.62, 0.82),
-    "chin": (0.74, 0.95),
-}
 
 
 @dataclass(frozen=True)
@@ -312,10 +275,31 @@ def render_clip(ident: Identity, clip: SynthClip, size: int, rng: np.random.Gene
     return frames
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+def _test_subjects(subjects: int, test_fraction: float) -> set[str]:
+    """The last `test_fraction` of the subjects are held out (none when there is only one)."""
+    n_test = max(1, round(subjects * test_fraction)) if subjects > 1 else 0
+    return {f"s{j + 1:02d}" for j in range(subjects - n_test, subjects)}
+
+
+def _annotation(lab: ClipLabel, name: str) -> dict:
+    aus = "+".join(a.code() for a in lab.aus)
+    return {
+        "subject": lab.subject,
+        "clip": name,
+        "onset": lab.onset,
+        "apex": lab.apex,
+        "offset": lab.offset,
+        "aus": aus,
+        "emotion": lab.emotion,
+    }
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def synthesize(
@@ -329,10 +313,15 @@ def synthesize(
     test_fraction: float = 0.25,
 ) -> Path:
     """Write a SynthME dataset to `out`; returns `out`. Same arguments -> identical files."""
+    if subjects < 1 or clips_per_subject < 1 or size < 32 or fps <= 0 or not 0 <= test_fraction < 1:
+        raise InputError(
+            f"data synth — subjects={subjects}, clips_per_subject={clips_per_subject}, size={size}, "
+            f"fps={fps}, test_fraction={test_fraction}: need at least 1 subject and 1 clip, size >= 32, "
+            "fps > 0 and 0 <= test_fraction < 1"
+        )
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
-    n_test = max(1, round(subjects * test_fraction)) if subjects > 1 else 0
-    test_subjects = {f"s{j + 1:02d}" for j in range(subjects - n_test, subjects)}
+    test_subjects = _test_subjects(subjects, test_fraction)
     ann, train, test = [], [], []
     jobs = [(j, c) for j in range(subjects) for c in range(clips_per_subject)]
     idents = [make_identity(np.random.default_rng([seed, j])) for j in range(subjects)]
@@ -344,26 +333,11 @@ def synthesize(
         _write_frames(out / "frames" / name, frames)
         if video:
             _write_video(out / "videos" / f"{name}.mp4", frames, fps)
-        lab = clip.label
-        ann.append(
-            {
-                "subject": subject,
-                "clip": name,
-                "onset": lab.onset,
-                "apex": lab.apex,
-                "offset": lab.offset,
-                "aus": "+".join(a.code() for a in lab.aus),
-                "emotion": lab.emotion,
-            }
-        )
-        (test if subject in test_subjects else train).extend(build_rows(lab, seed))
-    with open(out / "annotations.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(ann[0]))
-        w.writeheader()
-        w.writerows(ann)
-    os.replace(out / "annotations.csv.tmp", out / "annotations.csv")
-    _write_jsonl(out / "train.jsonl", train)
-    _write_jsonl(out / "test.jsonl", test)
+        ann.append(_annotation(clip.label, name))
+        (test if subject in test_subjects else train).extend(build_rows(clip.label, seed))
+    atomic_write(out / "annotations.csv", _csv(ann))
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "test.jsonl", test)
     return out
 
 

@@ -8,16 +8,12 @@ Lowercase and strip punctuation; in a sentence take `coarse expression class is 
 from __future__ import annotations
 
 import re
+from collections import Counter
 
-from mevqa.prompts import AU_NAMES, COARSE_LABELS, FINE_LABELS, LABEL_SYNONYMS
+from mevqa.facs import AU_NAMES, LABEL_SETS, LABEL_SYNONYMS
+from mevqa.prompts import classify, combined_answer
 
 _KEYS = {"coarse": "coarse expression class is", "fine": "fine-grained expression class is"}
-_LABELS = {
-    "coarse": COARSE_LABELS,
-    "fine": FINE_LABELS,
-    "au_presence": ("yes", "no"),
-    "au_side": ("left", "right"),
-}
 _AU_RE = re.compile(
     r"\b(" + "|".join(sorted(map(re.escape, AU_NAMES.values()), key=len, reverse=True)) + r")\b"
 )
@@ -34,7 +30,7 @@ def parse_label(text: str, qtype: str) -> str:
     key = _KEYS.get(qtype)
     if key and (m := re.search(re.escape(key) + r" ([a-z\-]+)", t)):
         return LABEL_SYNONYMS.get(m.group(1), m.group(1))
-    labels = _LABELS[qtype]
+    labels = LABEL_SETS[qtype]
     for word in t.split():
         word = LABEL_SYNONYMS.get(word, word)
         if word in labels:
@@ -45,3 +41,41 @@ def parse_label(text: str, qtype: str) -> str:
 def parse_aus(text: str) -> set[str]:
     """The AU names (as the files spell them) that appear in the text."""
     return set(_AU_RE.findall(normalise(text)))
+
+
+def _majority(labels: list[str]) -> str:
+    """The most frequent label; a tie goes to the one that came first."""
+    counts = Counter(labels)
+    best = max(counts.values())
+    return next(lab for lab in labels if counts[lab] == best)
+
+
+def _majority_aus(samples: list[str]) -> list[str]:
+    """AUs named by more than half of the samples, in the order they first appear."""
+    sets = [parse_aus(s) for s in samples]
+    order = [au for s in samples for au in _AU_RE.findall(normalise(s))]
+    keep = {au for au in order if sum(au in s for s in sets) * 2 > len(sets)}
+    return list(dict.fromkeys(au for au in order if au in keep))
+
+
+def vote(question: str, samples: list[str]) -> str:
+    """Self-consistency: one answer from several sampled ones, read with the metrics' own parser.
+
+    Classification questions take the majority label (the first sample giving it is the answer text);
+    AU questions keep each AU named by a majority; the combined template is rebuilt from the per-part
+    votes; anything else takes the most common answer. Ties go to the earliest sample.
+    """
+    if len(samples) == 1:
+        return samples[0]
+    qtype, _ = classify(question)
+    if qtype in LABEL_SETS:
+        labels = [parse_label(s, qtype) for s in samples]
+        return samples[labels.index(_majority(labels))]
+    if qtype == "au_list":
+        return ", ".join(_majority_aus(samples))
+    if qtype == "combined":
+        fine = _majority([parse_label(s, "fine") for s in samples])
+        coarse = _majority([parse_label(s, "coarse") for s in samples])
+        return combined_answer(_majority_aus(samples), fine, coarse)
+    texts = [normalise(s) for s in samples]
+    return samples[texts.index(_majority(texts))]

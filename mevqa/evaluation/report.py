@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from mevqa.evaluation.metrics import METRIC_KEYS
+from mevqa.config import EvalConfig
+from mevqa.data.megc import row_id, write_submissions
+from mevqa.evaluation.metrics import METRIC_KEYS, rouge1_each, score_rows
+from mevqa.evaluation.parse import parse_label
+from mevqa.facs import COARSE_LABELS, FINE_LABELS
+from mevqa.io import atomic_write
+from mevqa.prompts import classify
 
 SHORT = {
     "coarse_uf1": "UF1-C",
@@ -55,21 +60,24 @@ def markdown_table(metrics: dict) -> str:
 
 
 def write_json(path: str | Path, data: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def confusion_png(gold: list[str], pred: list[str], labels: list[str], title: str, path: str | Path) -> Path:
-    """Row-normalised confusion matrix; predictions outside `labels` are collected as "other"."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported on first plot: it is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(gold: list[str], pred: list[str], labels: list[str], title: str, path: str | Path) -> Path:
+    """Row-normalised confusion matrix; predictions outside `labels` are collected as "other"."""
     from sklearn.metrics import confusion_matrix
+
+    plt = _pyplot()
 
     cols = [*labels, "other"]
     pred = [p if p in labels else "other" for p in pred]
@@ -144,17 +152,11 @@ def write_report_md(
         "```",
         "",
     ]
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(out))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, "\n".join(out))
 
 
 def _worst(preds: list[dict], k: int = 10) -> list[dict]:
     """Errors first, then the lowest ROUGE-1 against gold."""
-    from mevqa.evaluation.metrics import rouge1_each
-
     gold = [p for p in preds if p.get("gold") is not None]
     scores = rouge1_each([str(p["gold"]) for p in gold], [p["answer"] for p in gold])
     ranked = sorted(zip(gold, scores), key=lambda x: (not x[0].get("error"), x[1]))
@@ -171,10 +173,6 @@ def _worst(preds: list[dict], k: int = 10) -> list[dict]:
 
 
 def _confusions(rows: list[dict], answers: dict[str, str | None], out: Path) -> list[Path]:
-    from mevqa.data.megc import row_id
-    from mevqa.evaluation.parse import parse_label
-    from mevqa.prompts import COARSE_LABELS, FINE_LABELS, classify
-
     paths = []
     for qtype, labels in (("coarse", COARSE_LABELS), ("fine", FINE_LABELS)):
         pairs = [
@@ -196,11 +194,10 @@ def _confusions(rows: list[dict], answers: dict[str, str | None], out: Path) -> 
     return paths
 
 
-def write_outputs(cfg, rows: list[dict], preds: list[dict], settings: dict, run: dict, test: bool) -> dict:
+def write_outputs(
+    cfg: EvalConfig, rows: list[dict], preds: list[dict], settings: dict, run: dict, test: bool
+) -> dict:
     """Submission files (test input), metrics.json + confusion PNGs (gold input) and report.md."""
-    from mevqa.data.megc import row_id, write_submissions
-    from mevqa.evaluation.metrics import score_rows
-
     out = Path(cfg.out)
     answers = {row_id(p): (None if p.get("error") else p["answer"]) for p in preds}
     files = [out / "predictions.jsonl"]
@@ -220,3 +217,36 @@ def write_outputs(cfg, rows: list[dict], preds: list[dict], settings: dict, run:
     }
     files.append(write_report_md(out / "report.md", metrics, settings, run, _worst(preds), counts))
     return {"metrics": metrics, "files": files, "counts": counts, "run": run}
+
+
+def plot_training(out: Path, losses: list[tuple[int, float]], evals: list[dict]) -> Path:
+    """training.png: the per-step loss, its running mean and the held-out coarse UF1 by step."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if losses:
+        steps, values = [s for s, _ in losses], [v for _, v in losses]
+        ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.6)
+        k = max(1, len(values) // 50)  # per-step loss swings with the question type: show a running mean
+        smooth = [
+            sum(values[max(0, i - k + 1) : i + 1]) / len(values[max(0, i - k + 1) : i + 1])
+            for i in range(len(values))
+        ]
+        ax.plot(steps, smooth, color="tab:blue", label=f"train loss (mean of {k})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot(
+            [e["step"] for e in evals],
+            [e.get("coarse_uf1") or 0 for e in evals],
+            "o-",
+            color="tab:red",
+            label="held-out coarse UF1",
+        )
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("held-out coarse UF1")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=100)
+    plt.close(fig)
+    return out / "training.png"

@@ -2,13 +2,15 @@
 
 Questions are grouped by clip: each clip is decoded, sampled and preprocessed once for all its
 questions (the test sets ask five per clip), and a clip's questions go to the backend together so
-it can share the vision encoding and prompt prefix. Predictions are appended and flushed row by row
-with a settings fingerprint; a rerun skips what is already answered with the same settings.
+it can share the vision encoding and prompt prefix. While one batch generates, the next one is decoded
+and preprocessed in a worker thread. Predictions are appended and flushed row by row with a settings
+fingerprint; a rerun skips what is already answered with the same settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -16,6 +18,7 @@ import os
 import platform
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,96 +26,52 @@ from typing import Any
 from tqdm import tqdm
 
 from mevqa import __version__
-from mevqa.backends.base import Answer, Backend, VQARequest
-from mevqa.config import FrameConfig, GenConfig
-from mevqa.data.megc import (
-    clip_key,
-    is_test_rows,
-    read_jsonl,
-    resolve_clip,
-    row_id,
-    write_jsonl,
-)
+from mevqa.backends.base import Answer, Backend, VQARequest, load_backend
+from mevqa.config import EvalConfig, to_dict
+from mevqa.data.megc import clip_key, is_test_rows, read_jsonl, row_id, write_jsonl
 from mevqa.errors import InputError, MevqaError
-from mevqa.inputs import load_clip, visual_parts
-from mevqa.prompts import PROMPT_STRATEGIES, Q_COARSE, Message, Part, prompt_fingerprint, render_question
+from mevqa.evaluation.parse import parse_label, vote
+from mevqa.evaluation.report import write_outputs
+from mevqa.inputs import ClipParts
+from mevqa.io import disk_errors
+from mevqa.models.adapters import adapter_fingerprint
+from mevqa.models.loading import config_hash, pick_device, weights_fingerprint
+from mevqa.prompts import Q_COARSE, Message, prompt_fingerprint, render_question
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """Everything `mevqa eval` needs; YAML files (`--config`) use the same keys."""
+class AnswersFailed(MevqaError):
+    """Too many answers in a row failed (a dead server, a broken model): the run stopped early."""
 
-    data: str
-    out: str
-    model: str
-    root: str | None = None
-    adapter: str | None = None
-    backend: str = "transformers"
-    input: str = "frames"
-    frames: int = 8
-    sampling: str = "uniform"
-    prompt: str = "plain"
-    batch_size: int = 8
-    max_new_tokens: int = 48
-    limit: int | None = None
-    clip_pattern: str | None = None
-    label_set: str = "gt"
-    seed: int = 0
-    device: str = "auto"
-    reuse: bool = True
-    overwrite: bool = False
-    base_url: list[str] | None = None  # --backend openai: one URL per replica
-    api_key: str | None = None
-    concurrency: int = 4
-    image_format: str = "png"
-    retries: int = 3
-    video_as: str = "frames"
-
-    def backend_kwargs(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "adapter": self.adapter,
-            "device": self.device,
-            "base_url": self.base_url,
-            "api_key": self.api_key,
-            "concurrency": self.concurrency,
-            "image_format": self.image_format,
-            "retries": self.retries,
-            "video_as": self.video_as,
-        }
-
-    def __post_init__(self) -> None:
-        if self.prompt not in PROMPT_STRATEGIES:
-            raise InputError(f"--prompt {self.prompt!r} — choose one of {', '.join(PROMPT_STRATEGIES)}")
-
-    def frame_config(self) -> FrameConfig:
-        return FrameConfig(frames=self.frames, sampling=self.sampling, input=self.input)
-
-    def gen_config(self) -> GenConfig:
-        return GenConfig(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+    exit_code = 1  # not the input's fault: rerun when the cause is fixed
 
 
 def settings(cfg: EvalConfig, backend: Backend) -> dict[str, Any]:
-    """What determines an answer (not how fast it comes): the resume fingerprint is a hash of this."""
-    from mevqa.models.loading import adapter_hash, config_hash
+    """What determines an answer (not how fast it comes): the resume fingerprint is a hash of this.
 
-    local = Path(cfg.model).exists()
+    The model's and adapter's *weights* are in it (not only their configs), so rebuilding, retraining or
+    merging into the same folder never reuses the old model's answers.
+    """
+    m = cfg.model
+    local = Path(m.model).exists()
     return {
-        "model": cfg.model,
-        "model_config_hash": config_hash(cfg.model) if local else None,
-        "adapter": cfg.adapter,
-        "adapter_hash": adapter_hash(cfg.adapter) if cfg.adapter else None,
-        "backend": getattr(backend, "name", cfg.backend),
-        "frames": dataclasses.asdict(cfg.frame_config()),
+        "model": m.model,
+        "model_config_hash": config_hash(m.model, m.trust_remote_code) if local else None,
+        "model_weights": weights_fingerprint(m.model) if local else None,
+        "adapter": m.adapter,
+        "adapter_weights": adapter_fingerprint(m.adapter) if m.adapter else None,
+        "load_in_4bit": m.load_in_4bit and {"quant_type": m.quant_type, "double_quant": m.double_quant},
+        "backend": getattr(backend, "name", m.backend),
+        "frames": to_dict(cfg.frames),
         "prompt": cfg.prompt,
         "prompt_fingerprint": prompt_fingerprint(cfg.prompt),
-        "generation": dataclasses.asdict(dataclasses.replace(cfg.gen_config(), batch_size=0)),
+        "generation": to_dict(cfg.gen),
+        "seed": cfg.seed if cfg.gen.sampling else None,
         "root": str(Path(cfg.root).resolve()) if cfg.root else None,
         "clip_pattern": cfg.clip_pattern,
-        "image_format": cfg.image_format if cfg.backend == "openai" else None,
-        "video_as": cfg.video_as if cfg.backend == "openai" and cfg.input == "video" else None,
+        "image_format": cfg.server.image_format if m.backend == "openai" else None,
+        "video_as": cfg.server.video_as if m.backend == "openai" and cfg.frames.input == "video" else None,
     }
 
 
@@ -121,35 +80,79 @@ def fingerprint(s: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- predictions file
-def load_done(path: Path, fp: str) -> dict[str, dict]:
-    """Rows already answered (no error) with fingerprint `fp`; a torn last line from a kill is skipped."""
-    done: dict[str, dict] = {}
+def repair_tail(path: Path) -> None:
+    """Cut a torn last line (a kill or a full disk mid-write) back to the last complete one."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        f.truncate(data.rfind(b"\n") + 1)
+    log.warning("%s: removed a partial last line (an interrupted write)", path)
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Every complete row of a predictions file, in file order (later rows supersede earlier ones)."""
     if not path.exists():
-        return done
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s: skipping a partial line (an interrupted write)", path)
-                continue
-            if row.get("fingerprint") == fp and not row.get("error"):
-                done[row_id(row)] = row
-    return done
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: skipping an unreadable line", path)
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def load_done(path: Path, fp: str) -> dict[str, dict]:
+    """Rows already answered (no error) with fingerprint `fp`."""
+    return {row_id(r): r for r in read_predictions(path) if r.get("fingerprint") == fp and not r.get("error")}
 
 
 class PredictionWriter:
     """Appends one JSON line per answer and flushes, so a SIGKILL loses at most the line being written."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = path.open("a", encoding="utf-8")
+        self.path = path
+        with disk_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = path.open("a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._f.flush()
+        with disk_errors(self.path):
+            self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._f.flush()
 
     def close(self) -> None:
+        try:
+            self._f.close()
+        except OSError:  # the flush of a full disk: the rows that made it are whole lines
+            pass
+
+
+class FolderLock:
+    """One `mevqa eval` per output folder: a second one would interleave and compact the same file."""
+
+    def __init__(self, out: Path):
+        with disk_errors(out):
+            out.mkdir(parents=True, exist_ok=True)
+            self._f = (out / ".lock").open("a+")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.seek(0)
+            other = self._f.read().strip() or "another process"
+            self._f.close()
+            raise InputError(
+                f"--out {out} — in use by {other}; wait for it or choose another --out"
+            ) from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(f"mevqa eval, pid {os.getpid()} on {platform.node()}")
+        self._f.flush()
+
+    def release(self) -> None:
         self._f.close()
 
 
@@ -162,6 +165,8 @@ def prediction_row(row: dict, ans: Answer, fp: str) -> dict:
         "seconds": round(ans.seconds, 4),
         "fingerprint": fp,
     }
+    if ans.samples:
+        out["samples"] = list(ans.samples)
     if str(row.get("answer", "")).strip():
         out["gold"] = row["answer"]
     return out
@@ -175,8 +180,25 @@ def _groups(rows: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-def _keyframes(row: dict) -> tuple[int | None, int | None, int | None]:
-    return row.get("onset_frame"), row.get("apex_frame"), row.get("offset_frame")
+def _batches(groups: list[list[dict]], size: int) -> list[list[list[dict]]]:
+    """Whole clips per batch (a clip's questions stay together), about `size` questions each."""
+    batches: list[list[list[dict]]] = []
+    batch: list[list[dict]] = []
+    for g in groups:
+        if batch and sum(map(len, batch)) + len(g) > max(size, len(g)):
+            batches.append(batch)
+            batch = []
+        batch.append(g)
+    return batches + [batch] if batch else batches
+
+
+@dataclass
+class Batch:
+    """A batch ready for the model: its requests (backend-prepared) and the rows that already failed."""
+
+    rows: list[dict]
+    prepared: Any
+    failed: list[tuple[dict, Answer]]
 
 
 class Answerer:
@@ -184,69 +206,78 @@ class Answerer:
 
     def __init__(self, cfg: EvalConfig, backend: Backend):
         self.cfg, self.backend = cfg, backend
-        self.fcfg, self.gen = cfg.frame_config(), cfg.gen_config()
-        self._cached: tuple[str, list[Part]] | None = None
+        self.parts = ClipParts(cfg.root, cfg.frames, cfg.clip_pattern, cache=64 if cfg.reuse else 0)
 
-    def _parts(self, row: dict) -> list[Part]:
-        """The clip's images (decoded, sampled, flow computed); with reuse, kept for its other questions.
+    def _seed(self, row: dict) -> int:
+        return int(hashlib.sha256(f"{self.cfg.seed}:{row_id(row)}".encode()).hexdigest()[:8], 16)
 
-        The same image objects then go into every question's message, which is what lets the backend
-        see that the questions share their visual prefix.
-        """
-        key = clip_key(row)
-        if self.cfg.reuse and self._cached and self._cached[0] == key:
-            return self._cached[1]
-        path = resolve_clip(row, self.cfg.root or ".", self.cfg.clip_pattern)
-        parts = visual_parts(load_clip(path, self.fcfg, *_keyframes(row)), self.fcfg)
-        self._cached = (key, parts)
-        return parts
-
-    def _requests(self, group: list[dict], coarse: str | None = None) -> list[VQARequest]:
-        parts = self._parts(group[0])
+    def requests(self, group: list[dict], coarse: str | None = None) -> list[VQARequest]:
+        """One request per question; the clip's parts are the same objects in every one of them."""
+        parts = self.parts(group[0])
         return [
             VQARequest(
-                row_id(r), (Message.user(*parts, render_question(r["question"], self.cfg.prompt, coarse)),)
+                row_id(r),
+                (Message.user(*parts, render_question(r["question"], self.cfg.prompt, coarse)),),
+                seed=self._seed(r),
             )
             for r in group
         ]
 
-    def answer(self, groups: list[list[dict]]) -> list[tuple[dict, Answer]]:
-        """Answers for several clips' questions, batched together; a clip that fails is error rows."""
+    def prepare(self, groups: list[list[dict]]) -> Batch:
+        """Decode and preprocess several clips' questions as one batch; a clip that fails is error rows."""
         reqs, rows, failed = [], [], []
         for g in groups:
             try:
                 coarse = self._coarse(g) if self.cfg.prompt == "hierarchical" else None
-                reqs += self._requests(g, coarse)
+                reqs += self.requests(g, coarse)
                 rows += g
             except MevqaError as e:
                 failed += [(r, Answer(row_id(r), "", error=str(e))) for r in g]
-        return failed + list(zip(rows, self.backend.generate(reqs, self.gen) if reqs else []))
+        return Batch(rows, self.backend.prepare(reqs, self.cfg.gen) if reqs else None, failed)
+
+    def run(self, batch: Batch) -> list[tuple[dict, Answer]]:
+        answers = self.backend.run(batch.prepared, self.cfg.gen) if batch.rows else []
+        return batch.failed + [(r, self._voted(r, a)) for r, a in zip(batch.rows, answers)]
+
+    def _voted(self, row: dict, ans: Answer) -> Answer:
+        if not ans.samples:
+            return ans
+        return dataclasses.replace(ans, text=vote(row["question"], list(ans.samples)))
 
     def _coarse(self, group: list[dict]) -> str | None:
         """Hierarchical stage 1: the clip's coarse class, asked first so later answers can follow it."""
-        from mevqa.evaluation.parse import parse_label
-
         probe = {**group[0], "question": Q_COARSE, "id": f"{row_id(group[0])}#coarse"}
         probe.pop("video_id", None)
-        (ans,) = self.backend.generate(self._requests([probe]), dataclasses.replace(self.gen, batch_size=1))
+        (ans,) = self.backend.generate(self.requests([probe]), self.cfg.gen)
         return parse_label(ans.text, "coarse") if ans.ok else None
 
-    def answer_one_by_one(self, group: list[dict]) -> Iterator[tuple[dict, Answer]]:
-        """No reuse: decode and ask per question (the baseline the clip-reuse benchmark compares with)."""
-        for r in group:
-            yield from self.answer([[r]])
+
+def batches_of(cfg: EvalConfig, rows: list[dict]) -> list[list[list[dict]]]:
+    """The batches `answer_rows` sends: whole clips of about `batch_size` questions (one question each
+    without reuse)."""
+    groups = _groups(rows)
+    return _batches(groups, cfg.batch_size) if cfg.reuse else [[[r]] for g in groups for r in g]
 
 
-def _batches(groups: list[list[dict]], size: int) -> Iterator[list[list[dict]]]:
-    """Whole clips per batch (a clip's questions stay together), about `size` questions each."""
-    batch: list[list[dict]] = []
-    for g in groups:
-        if batch and sum(map(len, batch)) + len(g) > max(size, len(g)):
-            yield batch
-            batch = []
-        batch.append(g)
-    if batch:
-        yield batch
+def answer_rows(cfg: EvalConfig, backend: Backend, rows: list[dict]) -> Iterator[tuple[dict, Answer]]:
+    """Answers for `rows`, batch by batch, in clip order; the next batch is prepared while one runs.
+
+    The public way to answer questions with a backend: `mevqa eval`, training's held-out scoring and the
+    benchmarks all go through it. (Hierarchical prompts ask the model while preparing, so they are not
+    prefetched: the model runs in one thread only.)
+    """
+    answerer = Answerer(cfg, backend)
+    batches = batches_of(cfg, rows)
+    if cfg.prompt == "hierarchical":
+        for b in batches:
+            yield from answerer.run(answerer.prepare(b))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mevqa-prepare") as pool:
+        ahead = pool.submit(answerer.prepare, batches[0]) if batches else None
+        for nxt in [*batches[1:], None]:
+            current = ahead.result()  # type: ignore[union-attr]
+            ahead = pool.submit(answerer.prepare, nxt) if nxt else None
+            yield from answerer.run(current)
 
 
 def answer_all(
@@ -257,82 +288,102 @@ def answer_all(
     fp: str,
     progress: bool = True,
 ) -> int:
-    """Answer `rows` (the pending ones) with a progress bar; returns how many got an error."""
-    answerer, errors = Answerer(cfg, backend), 0
-    groups = _groups(rows)
+    """Answer `rows` (the pending ones) with a progress bar, writing each; returns how many failed.
+
+    `cfg.max_errors` failures in a row stop the run (`AnswersFailed`): what was answered is kept.
+    """
+    errors = streak = 0
     with tqdm(total=len(rows), unit="q", desc="answering", dynamic_ncols=True, disable=not progress) as bar:
-        if cfg.reuse:
-            steps = (answerer.answer(batch) for batch in _batches(groups, cfg.batch_size))
-        else:
-            steps = (list(answerer.answer_one_by_one(g)) for g in groups)
-        for results in steps:
-            for row, ans in results:
-                writer.write(prediction_row(row, ans, fp))
-                errors += not ans.ok
-            bar.update(len(results))
+        for row, ans in answer_rows(cfg, backend, rows):
+            writer.write(prediction_row(row, ans, fp))
+            errors += not ans.ok
+            streak = 0 if ans.ok else streak + 1
+            bar.update(1)
+            if cfg.max_errors and streak >= cfg.max_errors:
+                raise AnswersFailed(
+                    f"{streak} answers in a row failed (last: {ans.error}) — stopped; what was answered "
+                    "is kept: fix the cause and run the same command again to continue"
+                )
     return errors
 
 
 # ---------------------------------------------------------------- the whole run
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any]:
     """Answer, write predictions / submissions / metrics / report; returns a summary for the CLI."""
-    from mevqa.backends.base import load_backend
-
-    rows = read_jsonl(cfg.data)[: cfg.limit] if cfg.limit else read_jsonl(cfg.data)
+    all_rows = read_jsonl(cfg.data)
+    rows = all_rows[: cfg.limit] if cfg.limit else all_rows
     if cfg.root and not Path(cfg.root).is_dir():
         raise InputError(f"--root {cfg.root} — no such folder")
-    t0 = time.perf_counter()
-    backend = load_backend(cfg.backend, **cfg.backend_kwargs())
-    sett = settings(cfg, backend)
-    fp = fingerprint(sett)
     out = Path(cfg.out)
-    pred_path = out / "predictions.jsonl"
-    if cfg.overwrite and pred_path.exists():
-        pred_path.unlink()
-    done = load_done(pred_path, fp)
-    pending = [r for r in rows if row_id(r) not in done]
-    log.info("%d questions, %d already answered with these settings", len(rows), len(rows) - len(pending))
-    writer = PredictionWriter(pred_path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} — is a file, not a folder")
+    lock = FolderLock(out)
     try:
-        answer_all(cfg, backend, pending, writer, fp)
-    finally:
-        writer.close()
-    wall = time.perf_counter() - t0
-    return finish(cfg, rows, pred_path, fp, sett, wall, len(pending))
-
-
-def finish(
-    cfg: EvalConfig, rows: list[dict], pred_path: Path, fp: str, sett: dict, wall: float, answered_now: int
-) -> dict[str, Any]:
-    """Compact predictions to one row per question, then submissions, metrics and report."""
-    from mevqa.evaluation.report import write_outputs
-
-    latest: dict[str, dict] = {}
-    for line in pred_path.read_text(encoding="utf-8").splitlines():
+        t0 = time.perf_counter()
+        backend = backend or load_backend(cfg.model, cfg.server, cfg.vllm)
+        sett = settings(cfg, backend)
+        fp = fingerprint(sett)
+        pred_path = out / "predictions.jsonl"
+        if cfg.overwrite and pred_path.exists():
+            pred_path.unlink()
+        repair_tail(pred_path)
+        done = load_done(pred_path, fp)
+        pending = [r for r in rows if row_id(r) not in done]
+        log.info("%d questions, %d already answered with these settings", len(rows), len(rows) - len(pending))
+        writer = PredictionWriter(pred_path)
+        t1 = time.perf_counter()
         try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if r.get("fingerprint") == fp:
-            latest[row_id(r)] = r
-    preds = [latest[row_id(r)] for r in rows if row_id(r) in latest]
+            answer_all(cfg, backend, pending, writer, fp)
+        finally:
+            writer.close()
+            t2 = time.perf_counter()
+            compact(pred_path, all_rows)
+        return write_run_outputs(cfg, rows, pred_path, fp, sett, _timing(t0, t1, t2, len(pending)))
+    finally:
+        lock.release()
+
+
+def compact(pred_path: Path, all_rows: list[dict]) -> list[dict]:
+    """One row per question (the latest), in the data file's order; rows of other ids are kept after.
+
+    Questions this run did not ask (a `--limit`) keep their earlier answers.
+    """
+    latest: dict[str, dict] = {}
+    for r in read_predictions(pred_path):
+        latest[row_id(r)] = r
+    order = [row_id(r) for r in all_rows]
+    known = set(order)
+    preds = [latest[i] for i in dict.fromkeys(order) if i in latest]
+    preds += [r for i, r in latest.items() if i not in known]
     write_jsonl(pred_path, preds)
+    return preds
+
+
+def _timing(t0: float, t1: float, t2: float, answered: int) -> dict[str, Any]:
+    """Two throughputs, named apart: answering only, and end to end (model load and start-up included)."""
+    return {
+        "wall_seconds": round(t2 - t0, 2),
+        "answering_seconds": round(t2 - t1, 2),
+        "answered_this_run": answered,
+        "questions_per_second_answering": round(answered / (t2 - t1), 3) if answered and t2 > t1 else None,
+        "questions_per_second_end_to_end": round(answered / (t2 - t0), 3) if answered and t2 > t0 else None,
+    }
+
+
+def write_run_outputs(
+    cfg: EvalConfig, rows: list[dict], pred_path: Path, fp: str, sett: dict, timing: dict
+) -> dict[str, Any]:
+    """Submissions, metrics and report for this run's questions (answered with the current settings)."""
+    current = {row_id(r): r for r in read_predictions(pred_path) if r.get("fingerprint") == fp}
+    preds = [current[row_id(r)] for r in rows if row_id(r) in current]
     run = {
         "mevqa_version": __version__,
         "fingerprint": fp,
         "seed": cfg.seed,
-        "device": _device(cfg.device),
+        "device": pick_device(cfg.model.device),
         "python": platform.python_version(),
-        "wall_seconds": round(wall, 2),
-        "answered_this_run": answered_now,
-        "questions_per_second": round(answered_now / wall, 3) if wall > 0 and answered_now else None,
+        **timing,
         "host": platform.node(),
         "pid": os.getpid(),
     }
     return write_outputs(cfg, rows, preds, sett, run, test=is_test_rows(rows))
-
-
-def _device(device: str) -> str:
-    from mevqa.models.loading import pick_device
-
-    return pick_device(device)

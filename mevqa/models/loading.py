@@ -1,6 +1,8 @@
-"""Load a VLM checkpoint (local dir or Hub id) and, optionally, a PEFT LoRA adapter on top of it.
+"""Load a VLM checkpoint (local dir or Hub id), as `ModelSpec` says: device, dtype, 4-bit, remote code.
 
-Shared by inference and training so both see the same model, dtype and adapter checks.
+Shared by inference and training so both see the same model. Only safetensors weights are loaded: a
+pickle file (`pytorch_model.bin`) can run code when it is unpickled, so it is refused with the command
+that converts it.
 """
 
 from __future__ import annotations
@@ -8,15 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import struct
 from pathlib import Path
+from typing import Any
 
 import torch
-import yaml
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
 
-from mevqa.errors import InputError, ModelError
+from mevqa.config import ModelSpec
+from mevqa.errors import InputError, MissingDependency, ModelError
 
 log = logging.getLogger(__name__)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def pick_device(device: str = "auto") -> str:
@@ -34,7 +39,7 @@ def pick_dtype(device: str, dtype: str = "auto") -> torch.dtype:
     return torch.float32
 
 
-def _hash_file(path: Path) -> str:
+def hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -44,22 +49,59 @@ def _hash_file(path: Path) -> str:
 
 def config_hash(model: str | Path, trust_remote_code: bool = False) -> str:
     """A short hash of the model's architecture config: same value = same shapes and vocabulary."""
-    cfg = AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code).to_dict()
+    try:
+        cfg = AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code).to_dict()
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(
+            f"--model {model} — cannot read its config ({str(e).splitlines()[0][:160]})"
+        ) from None
     for k in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures"):
         cfg.pop(k, None)
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def adapter_hash(adapter: str | Path) -> str:
-    """Hash of the adapter weights file (what a reproducibility record should pin)."""
-    path = Path(adapter) / "adapter_model.safetensors"
-    return _hash_file(path) if path.exists() else "unknown"
+def _safetensors_header(path: Path) -> bytes:
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return f.read(min(n, 100 << 20))
+
+
+def weights_fingerprint(folder: str | Path) -> str | None:
+    """What changes when the weights change, read without hashing gigabytes: every weights file's
+    name, size, modification time (ns) and safetensors header (tensor names, shapes, offsets).
+
+    Rebuilding, retraining or merging into the same folder rewrites the files, so the mtime changes
+    even when shapes and sizes do not; a copy with `cp -p` keeps the mtime and is the same weights.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES)):
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        if f.suffix == ".safetensors":
+            h.update(_safetensors_header(f))
+    return h.hexdigest()[:16]
+
+
+def refuse_pickle(folder: Path, what: str) -> None:
+    """A folder whose weights are only pickle files is refused (loading a pickle can run its code)."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError(
+            f"{what} {folder} — holds only pickle weights ({pickles[0]}); mevqa loads safetensors only. "
+            'Convert once where you trust the file: python -c "import torch, safetensors.torch as s; '
+            f"s.save_file(torch.load('{pickles[0]}'), '{Path(pickles[0]).stem}.safetensors')\""
+        )
 
 
 def load_processor(model: str, trust_remote_code: bool = False) -> ProcessorMixin:
     try:
         proc = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(
             f"--model {model} — cannot load its processor ({str(e).splitlines()[0][:160]})"
         ) from None
@@ -72,75 +114,45 @@ def load_processor(model: str, trust_remote_code: bool = False) -> ProcessorMixi
     return proc
 
 
-def load_model(
-    model: str,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    quantization_config: object | None = None,
-) -> torch.nn.Module:
-    """The model in eval mode on `device`; a missing or unusable checkpoint is a `ModelError`."""
+def quantization(spec: ModelSpec, device: str) -> Any:
+    """bitsandbytes 4-bit settings for `spec.load_in_4bit` (compute in bf16 on a GPU, fp32 on CPU)."""
+    if not spec.load_in_4bit:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise MissingDependency("4-bit loading needs bitsandbytes: pip install 'mevqa[qlora]'") from None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=spec.quant_type,
+        bnb_4bit_use_double_quant=spec.double_quant,
+        bnb_4bit_compute_dtype=pick_dtype(device, spec.dtype),
+        bnb_4bit_quant_storage=torch.uint8,
+    )
+
+
+def load_model(spec: ModelSpec) -> torch.nn.Module:
+    """The model in eval mode on `spec.device`; a missing or unusable checkpoint is a `ModelError`."""
+    model = spec.model
     if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
         raise InputError(f"--model {model} — no such directory (and not a Hub id of the form org/name)")
-    device = pick_device(device)
+    refuse_pickle(Path(model), "--model")
+    device = pick_device(spec.device)
+    quant = quantization(spec, device)
     try:
         m = AutoModelForImageTextToText.from_pretrained(
             model,
-            dtype=pick_dtype(device, dtype),
-            trust_remote_code=trust_remote_code,
-            quantization_config=quantization_config,
+            dtype=pick_dtype(device, spec.dtype),
+            trust_remote_code=spec.trust_remote_code,
+            quantization_config=quant,
+            use_safetensors=True,
+            device_map=device if quant is not None else None,
         )
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(
             f"--model {model} — cannot load as an image-text-to-text model ({str(e).splitlines()[0][:160]})"
         ) from None
-    if quantization_config is None:
+    if quant is None:
         m.to(device)
     return m.eval()
-
-
-def check_adapter(adapter: str | Path, model: str) -> dict:
-    """Validate an adapter folder before loading it; returns its adapter_config."""
-    path = Path(adapter)
-    cfg_file = path / "adapter_config.json"
-    if not cfg_file.is_file():
-        raise InputError(f"--adapter {adapter} — no adapter_config.json (is this a PEFT adapter folder?)")
-    recipe = path / "mevqa.yaml"
-    if recipe.is_file():
-        want = (yaml.safe_load(recipe.read_text()) or {}).get("base_config_hash")
-        have = config_hash(model)
-        if want and want != have:
-            raise ModelError(
-                f"--adapter {adapter} — trained on a base with config hash {want}, but --model "
-                f"{model} has {have}; pass the base model it was trained on"
-            )
-    return json.loads(cfg_file.read_text())
-
-
-def attach_adapter(model: torch.nn.Module, adapter: str | Path, model_id: str) -> torch.nn.Module:
-    """Wrap `model` with the LoRA adapter, refusing one whose weights do not all land in the model.
-
-    peft loads by name and only warns about keys it could not place; a VLM adapter saved against a
-    different module layout then silently does nothing. We check every saved tensor found a home.
-    """
-    from peft import PeftModel
-    from safetensors import safe_open
-
-    check_adapter(adapter, model_id)
-    try:
-        wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ModelError(
-            f"--adapter {adapter} — does not fit --model {model_id} ({str(e).strip().splitlines()[0][:200]})"
-        ) from None
-    weights = Path(adapter) / "adapter_model.safetensors"
-    if weights.is_file():
-        modules = {n for n, _ in wrapped.named_modules()}
-        with safe_open(str(weights), "pt") as f:
-            missing = [k for k in f.keys() if k.rsplit(".", 2)[0] not in modules]
-        if missing:
-            raise ModelError(
-                f"--adapter {adapter} — {len(missing)} weights match no module of --model "
-                f"{model_id} (first: {missing[0]}); the adapter was trained on another base"
-            )
-    return wrapped.eval()

@@ -10,9 +10,6 @@ real checkpoint; only the sizes differ. Same seed, same bytes.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +17,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
+from mevqa import facs, prompts
 from mevqa.errors import InputError
+from mevqa.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +74,10 @@ IDEFICS3_SPECIAL = [
 
 def _corpus() -> list[str]:
     """Text the tokenizer learns from: the ME-VQA vocabulary plus plain English glue."""
-    from mevqa import prompts
-
     words = [
-        *prompts.COARSE_LABELS,
-        *prompts.FINE_LABELS,
-        *prompts.AU_NAMES.values(),
+        *facs.COARSE_LABELS,
+        *facs.FINE_LABELS,
+        *facs.AU_NAMES.values(),
         "yes",
         "no",
         "left",
@@ -92,7 +89,7 @@ def _corpus() -> list[str]:
     lines += [
         f"The action units present are: {a}. Therefore, the fine-grained expression class is {f}, "
         f"and the coarse expression class is {c}."
-        for a, f, c in zip(prompts.AU_NAMES.values(), prompts.FINE_LABELS * 4, prompts.COARSE_LABELS * 9)
+        for a, f, c in zip(facs.AU_NAMES.values(), facs.FINE_LABELS * 4, facs.COARSE_LABELS * 9)
     ]
     lines += [
         "You are a helpful assistant. Look at the face in these frames and answer the question.",
@@ -120,17 +117,32 @@ def train_tokenizer(special: list[str], vocab_size: int = 1200) -> Tokenizer:
 
 
 # The language model of every tiny family: small enough for a 2-core CPU, large enough to learn SynthME.
-TEXT_SIZES = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-)
+# Head size 32 (64 / 2 heads): vLLM's CPU attention kernels take head sizes 32, 64, 80, 96, 112, 128, ...
+# and refuse 16, so the tiny model must have 32 to be served by a real vLLM in the tests.
+TEXT_SIZES = {
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+    ),
+    # ~110M language-model parameters (~450 MB in fp32): large enough to measure what 4-bit loading saves
+    "small": dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+    ),
+}
+# Qwen2.5-VL's multimodal RoPE splits head_dim / 2 frequencies into (time, height, width) sections
+MROPE = {"tiny": [4, 6, 6], "small": [8, 12, 12]}
 
 
-def _qwen_parts(seed: int) -> tuple[object, object, int]:
+def _qwen_parts(size: str) -> tuple[object, object, int]:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
@@ -152,8 +164,8 @@ def _qwen_parts(seed: int) -> tuple[object, object, int]:
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(fast),
-            **TEXT_SIZES,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            **TEXT_SIZES[size],
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": MROPE[size]},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -163,7 +175,7 @@ def _qwen_parts(seed: int) -> tuple[object, object, int]:
             hidden_size=32,
             intermediate_size=64,
             num_heads=2,
-            out_hidden_size=64,
+            out_hidden_size=TEXT_SIZES[size]["hidden_size"],
             fullatt_block_indexes=[1],
             window_size=56,
             tokens_per_second=2,
@@ -176,7 +188,7 @@ def _qwen_parts(seed: int) -> tuple[object, object, int]:
     return config, processor, ids["<|im_end|>"]
 
 
-def _idefics3_parts(seed: int) -> tuple[object, object, int]:
+def _idefics3_parts(size: str) -> tuple[object, object, int]:
     from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
 
     fast = PreTrainedTokenizerFast(
@@ -202,7 +214,7 @@ def _idefics3_parts(seed: int) -> tuple[object, object, int]:
         text_config=dict(
             model_type="llama",
             vocab_size=len(fast),
-            **TEXT_SIZES,
+            **TEXT_SIZES[size],
             bos_token_id=ids["<|im_start|>"],
             eos_token_id=ids["<end_of_utterance>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -222,13 +234,13 @@ def _idefics3_parts(seed: int) -> tuple[object, object, int]:
     return config, processor, ids["<end_of_utterance>"]
 
 
-BUILDERS: dict[str, Callable[[int], tuple[object, object, int]]] = {
+BUILDERS: dict[str, Callable[[str], tuple[object, object, int]]] = {
     "qwen2_5_vl": _qwen_parts,
     "idefics3": _idefics3_parts,
 }
 
 
-def build_tiny(family: str, out: str | Path, seed: int = 0) -> Path:
+def build_tiny(family: str, out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     """Write a tiny random-weight checkpoint of `family` to `out` and return the path.
 
     The directory is written to a temporary sibling and renamed into place, so an interrupted build
@@ -237,19 +249,16 @@ def build_tiny(family: str, out: str | Path, seed: int = 0) -> Path:
     if family not in BUILDERS:
         raise InputError(f"--family {family!r} — unknown family; choose one of {', '.join(FAMILIES)}")
     out = Path(out)
-    config, processor, eos_id = BUILDERS[family](seed)
+    if size not in TEXT_SIZES:
+        raise InputError(f"--size {size!r} — choose one of {', '.join(TEXT_SIZES)}")
+    config, processor, eos_id = BUILDERS[family](size)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.chmod(0o755)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
     log.info(
         "wrote tiny %s checkpoint (%d params) to %s", family, sum(p.numel() for p in model.parameters()), out
     )

@@ -3,59 +3,33 @@ plus a collator that puts the loss on the answer tokens only."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import torch
 from transformers import ProcessorMixin
 
-from mevqa.config import FrameConfig
-from mevqa.data.megc import clip_key, resolve_clip
-from mevqa.inputs import load_clip, visual_parts
-from mevqa.prompts import Message, Part, render_question, to_hf
+from mevqa.facs import FINE_TO_COARSE
+from mevqa.inputs import ClipParts
+from mevqa.prompts import Message, render_question, to_hf, video_kwargs
 
 IGNORE = -100  # label value the loss skips
 
 
 class QADataset(torch.utils.data.Dataset):
-    """Rows -> (user message, answer). Decoded clips are kept in a small LRU: a clip's questions share it."""
+    """Rows -> (user message, answer), through the same `ClipParts` as eval (a clip's questions share it)."""
 
-    def __init__(
-        self,
-        rows: list[dict],
-        root: str | None,
-        frames: FrameConfig,
-        prompt: str = "plain",
-        clip_pattern: str | None = None,
-        cache_clips: int = 1024,
-    ):
-        self.rows, self.root, self.frames = rows, root or ".", frames
-        self.prompt, self.clip_pattern, self.cache_clips = prompt, clip_pattern, cache_clips
-        self._cache: OrderedDict[str, list[Part]] = OrderedDict()
+    def __init__(self, rows: list[dict], parts: ClipParts, prompt: str = "plain"):
+        self.rows, self.parts, self.prompt = rows, parts, prompt
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def parts(self, row: dict) -> list[Part]:
-        key = clip_key(row)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        path = resolve_clip(row, self.root, self.clip_pattern)
-        keys = (row.get("onset_frame"), row.get("apex_frame"), row.get("offset_frame"))
-        parts = visual_parts(load_clip(path, self.frames, *keys), self.frames)
-        self._cache[key] = parts
-        if len(self._cache) > self.cache_clips:
-            self._cache.popitem(last=False)
-        return parts
-
     def __getitem__(self, i: int) -> tuple[Message, str]:
         row = self.rows[i]
-        coarse = None
-        if self.prompt == "hierarchical":  # teacher forcing: the hint is the gold coarse class
-            from mevqa.prompts import FINE_TO_COARSE
-
-            coarse = FINE_TO_COARSE.get(str(row["answer"]).strip().lower())
+        # hierarchical prompts are trained with teacher forcing: the hint is the gold coarse class
+        coarse = (
+            FINE_TO_COARSE.get(str(row["answer"]).strip().lower()) if self.prompt == "hierarchical" else None
+        )
         question = render_question(row["question"], self.prompt, coarse)
         return Message.user(*self.parts(row), question), str(row["answer"])
 
@@ -90,10 +64,7 @@ class AnswerOnlyCollator:
         }
         if any(images):
             kwargs["images"] = images
-        if videos:
-            from mevqa.backends.hf import video_kwargs
-
-            kwargs.update(video_kwargs(videos))
+        kwargs.update(video_kwargs(videos))
         enc = dict(self.processor(**kwargs))
         labels = torch.full_like(enc["input_ids"], IGNORE)
         lengths = enc["attention_mask"].sum(dim=1).tolist()

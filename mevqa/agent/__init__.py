@@ -1,0 +1,206 @@
+"""The reasoning layer behind `mevqa chat` and the app: a clip's context, the hierarchical QA chain, and
+terminal chat. It runs on any mevqa `Backend` directly (images go in as they are, no encode/decode round
+trip); LangChain is only needed for the tool-calling agent and the chat-model adapter (`agent/lc.py`).
+
+Tiny local models cannot drive free tool-calling, so the hierarchical chain's steps are explicit code:
+coarse -> fine within that coarse class -> AUs -> a consistency check that flags contradictions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from mevqa.backends.base import Answer, Backend, VQARequest
+from mevqa.config import FrameConfig, GenConfig
+from mevqa.errors import MevqaError
+from mevqa.evaluation.parse import parse_aus, parse_label
+from mevqa.facs import AU_LOOKS, AU_NAMES, COARSE_LABELS, EMOTION_AUS, FINE_TO_COARSE
+from mevqa.inputs import flow_field, flow_image, load_clip, region_motion, visual_parts
+from mevqa.prompts import Q_AU_MANY, Q_COARSE, Q_FINE, Message, Part, label_hint
+
+
+@dataclass
+class ClipContext:
+    """What the agent knows about one clip: its path, frame settings and key frames (if annotated).
+
+    Decoded parts and the flow are computed once and kept: every chat turn and chain step reuses them.
+    """
+
+    path: str
+    frames: FrameConfig = field(default_factory=FrameConfig)
+    onset: int | None = None
+    apex: int | None = None
+    offset: int | None = None
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def parts(self, cfg: FrameConfig | None = None) -> list[Part]:
+        """The message parts for the input mode (images, or one video part)."""
+        cfg = cfg or self.frames
+        if cfg not in self._cache:
+            self._cache[cfg] = visual_parts(
+                load_clip(self.path, cfg, self.onset, self.apex, self.offset), cfg
+            )
+        return self._cache[cfg]
+
+    def images(self, cfg: FrameConfig | None = None) -> list[Image.Image]:
+        parts = self.parts(cfg)
+        return [p for p in parts if isinstance(p, Image.Image)] or list(parts[0].frames)
+
+    def flow(self) -> tuple[Image.Image, dict[str, float]]:
+        """The onset -> apex flow image and per-region motion (pixels, 99th percentile)."""
+        if "flow" not in self._cache:
+            cfg = FrameConfig(input="flow", flow_method=self.frames.flow_method)
+            onset, apex, _ = load_clip(self.path, cfg, self.onset, self.apex, self.offset).frames
+            f = flow_field(onset, apex, cfg.flow_method)
+            motion = {k: round(v, 3) for k, v in region_motion(f).items()}
+            self._cache["flow"] = (Image.fromarray(flow_image(onset, f)), motion)
+        return self._cache["flow"]
+
+
+def ask(backend: Backend, parts: list[Part], text: str, gen: GenConfig) -> str:
+    """One question to the VLM about these parts; a failure is an error the caller shows."""
+    (ans,) = backend.generate([VQARequest("agent", (Message.user(*parts, text),))], gen)
+    if ans.error:
+        raise MevqaError(f"the model failed: {ans.error}")
+    return ans.text
+
+
+def au_reference(query: str = "") -> str:
+    """FACS names, what each AU looks like, and the emotion rules (filtered by `query` if given)."""
+    lines = [f"AU{n} {AU_NAMES[n]}: {AU_LOOKS[n]}" for n in AU_LOOKS]
+    lines += [
+        f"{e} ({FINE_TO_COARSE[e]}): AUs {', '.join(str(a) for a in sorted(aus))}"
+        for e, aus in EMOTION_AUS.items()
+    ]
+    q = query.lower().strip()
+    return "\n".join(ln for ln in lines if not q or q in ln.lower()) or f"nothing about {query!r}"
+
+
+def consistency_flags(coarse: str, fine: str, aus: set[str]) -> list[str]:
+    """Contradictions between the three levels (empty list = consistent)."""
+    flags = []
+    if fine in FINE_TO_COARSE and coarse in COARSE_LABELS and FINE_TO_COARSE[fine] != coarse:
+        flags.append(f"fine '{fine}' is a {FINE_TO_COARSE[fine]} expression, but coarse was '{coarse}'")
+    if coarse not in COARSE_LABELS:
+        flags.append(f"coarse answer '{coarse}' is not one of {', '.join(COARSE_LABELS)}")
+    if fine in EMOTION_AUS and aus:
+        expected = {AU_NAMES[n] for n in EMOTION_AUS[fine]}
+        if not aus & expected:
+            names, cues = ", ".join(sorted(aus)), ", ".join(sorted(expected))
+            flags.append(f"none of the AUs ({names}) is a cue of '{fine}' ({cues})")
+    return flags
+
+
+def hierarchical(backend: Backend, ctx: ClipContext, gen: GenConfig | None = None) -> dict[str, Any]:
+    """coarse -> fine (within that coarse class) -> AUs, then the consistency check; with every step."""
+    gen, images, steps = gen or GenConfig(), ctx.images(), []
+
+    def step(name: str, question: str) -> str:
+        answer = ask(backend, images, question, gen)
+        steps.append({"step": name, "question": question, "answer": answer})
+        return answer
+
+    coarse = parse_label(step("coarse", f"{Q_COARSE} {label_hint('coarse')}"), "coarse")
+    fine = parse_label(step("fine", f"{Q_FINE} {label_hint('fine', coarse)}"), "fine")
+    aus = parse_aus(step("aus", f"{Q_AU_MANY} {label_hint('au_list')}"))
+    flags = consistency_flags(coarse, fine, aus)
+    return {
+        "coarse": coarse,
+        "fine": fine,
+        "aus": sorted(aus),
+        "consistent": not flags,
+        "flags": flags,
+        "steps": steps,
+    }
+
+
+def agent_markdown(r: dict[str, Any]) -> str:
+    """The chain's result as the app and the terminal show it."""
+    steps = "\n".join(f"- **{s['step']}**: {s['answer']}" for s in r["steps"])
+    verdict = "consistent" if r["consistent"] else "⚠️ " + "; ".join(r["flags"])
+    head = f"coarse **{r['coarse']}**, fine **{r['fine']}**, AUs {', '.join(r['aus']) or '—'}"
+    return f"{head}\n\n{steps}\n\n{verdict}"
+
+
+CHAT_COMMANDS = ("/agent", "/tools", "/flow", "/reset", "/quit", "/exit", "/help")
+
+
+class ChatSession:
+    """Multi-turn chat about one clip: the frames go with the first question, the history is kept.
+
+    `tool_llm` builds the LangChain chat model that drives `/tools` (a served model that calls tools);
+    None when the backend cannot.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        ctx: ClipContext,
+        gen: GenConfig | None = None,
+        tool_llm: Callable[[], Any] | None = None,
+    ):
+        self.backend, self.ctx, self.gen, self.tool_llm = backend, ctx, gen or GenConfig(), tool_llm
+        self.history: list[Message] = []
+
+    def request(self, text: str) -> VQARequest:
+        turn = Message.user(*self.ctx.parts(), text) if not self.history else Message.user(text)
+        return VQARequest(f"turn{len(self.history) // 2}", (*self.history, turn))
+
+    def send(self, text: str) -> Answer:
+        """Ask `text`; the turn joins the history only when it was answered."""
+        req = self.request(text)
+        (ans,) = self.backend.generate([req], self.gen)
+        if ans.ok:
+            self.history = [*req.messages, Message.assistant(ans.text)]
+        return ans
+
+    def command(self, line: str) -> str | None:
+        """One input line -> what to print (None: quit). Commands start with '/'; the rest is a question."""
+        cmd, _, arg = line.partition(" ")
+        if cmd in ("/quit", "/exit"):
+            return None
+        if cmd == "/reset":
+            self.history = []
+            return "(history cleared)"
+        if cmd == "/flow":
+            return json.dumps(self.ctx.flow()[1])
+        if cmd == "/agent":
+            return json.dumps(hierarchical(self.backend, self.ctx, self.gen), indent=2)
+        if cmd == "/tools":
+            return self._tools(arg.strip())
+        if cmd.startswith("/"):
+            return f"unknown command {cmd!r} — {', '.join(CHAT_COMMANDS)}"
+        ans = self.send(line)
+        return f"mevqa> {ans.text}" if ans.ok else f"error: the model failed: {ans.error}"
+
+    def _tools(self, question: str) -> str:
+        if self.tool_llm is None:
+            return "/tools needs a served model that calls tools (--backend openai, vLLM with tool calling)"
+        from mevqa.agent.lc import tool_agent
+
+        result = tool_agent(self.tool_llm(), self.ctx, self.backend, self.gen, question or Q_COARSE)
+        calls = "".join(f"\n  [{c['tool']}] {c['args']} -> {c['result'][:120]}" for c in result["calls"])
+        return f"mevqa> {result['answer']}{calls}"
+
+    def repl(self, read: Callable[[str], str], write: Callable[[str], None]) -> None:
+        """The terminal loop: read lines until /quit or end of input; a failure is one line, not an exit."""
+        while True:
+            try:
+                line = read("you> ").strip()
+            except EOFError:
+                write("")
+                return
+            if not line:
+                continue
+            try:
+                out = self.command(line)
+            except MevqaError as e:
+                out = f"error: {e}"
+            if out is None:
+                return
+            write(out)

@@ -1,0 +1,66 @@
+"""`mevqa <command>`: parse, call, print. Each command's parser sits next to its handler in this package;
+the work lives in the modules they call."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from mevqa import __version__
+from mevqa.cli import ask, bench, data, eval, models, serve, train
+from mevqa.errors import MevqaError
+
+COMMANDS = (ask, data, eval, train, models, serve, bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # -v works before or after the command (`mevqa -v eval ...` and `mevqa eval ... -v`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log progress and library messages",
+    )
+    parser = argparse.ArgumentParser(
+        prog="mevqa", description="Micro-expression visual question answering.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"mevqa {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parsers(sub, common)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Library warnings are hidden (shown with -v); mevqa's own warnings go through logging and show."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.simplefilter("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if verbose:
+        logging.captureWarnings(True)
+    else:
+        _quiet_libraries()
+    try:
+        return args.func(args)
+    except MevqaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

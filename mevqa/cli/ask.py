@@ -1,0 +1,115 @@
+"""`mevqa ask` (one question about one clip) and `mevqa chat` (a terminal conversation about one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mevqa.cli._args import add_settings, load_settings
+from mevqa.config import AskConfig
+from mevqa.errors import MevqaError
+
+CHAT_HELP = (
+    "commands: /agent (coarse -> fine -> AUs, with a consistency check), /tools QUESTION (the model calls "
+    "mevqa's tools; served models with tool calling), /flow, /reset, /quit"
+)
+
+
+def _settings(a: argparse.Namespace, command: str) -> AskConfig:
+    """Flags, with the adapter's recorded frame settings and prompt as defaults."""
+    from mevqa.models.adapters import recorded_settings
+
+    return load_settings(
+        a, AskConfig, command, lambda v: recorded_settings(v.get("model", {}).get("adapter"))
+    )
+
+
+def cmd_ask(a: argparse.Namespace) -> int:
+    from mevqa.backends.base import VQARequest, load_backend
+    from mevqa.evaluation.parse import vote
+    from mevqa.inputs import load_clip, question_message
+
+    cfg = _settings(a, "ask")
+    clip = load_clip(
+        a.clip, cfg.frames, cfg.onset, cfg.apex, cfg.offset
+    )  # bad clips fail before a model loads
+    backend = load_backend(cfg.model, cfg.server, cfg.vllm)
+    t0 = time.perf_counter()
+    req = VQARequest("ask", (question_message(clip, a.question, cfg.frames),), seed=cfg.seed)
+    (ans,) = backend.generate([req], cfg.gen)
+    if ans.error:
+        raise MevqaError(f"{a.clip} — the model failed on this clip: {ans.error}")
+    text = vote(a.question, list(ans.samples)) if ans.samples else ans.text
+    if a.json:
+        out = {
+            "answer": text,
+            "model": cfg.model.model,
+            "adapter": cfg.model.adapter,
+            "frames": clip.indices,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        if ans.samples:
+            out["samples"] = list(ans.samples)
+        print(json.dumps(out))
+    else:
+        print(text)
+    return 0
+
+
+def _tool_llm(cfg: AskConfig, backend: Any) -> Callable[[], Any] | None:
+    """The chat model that drives `/tools`: the served model itself (it must call tools), or none."""
+    if cfg.model.backend != "openai":
+        return None
+
+    def build() -> Any:
+        from mevqa.agent.lc import server_chat_model
+
+        api_key = cfg.server.api_key or os.environ.get("MEVQA_API_KEY")
+        return server_chat_model(cfg.server.base_url[0], backend.model, api_key, cfg.gen.max_new_tokens)
+
+    return build
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    from mevqa.agent import ChatSession, ClipContext
+    from mevqa.backends.base import load_backend
+
+    cfg = _settings(a, "chat")
+    ctx = ClipContext(a.clip, cfg.frames, cfg.onset, cfg.apex, cfg.offset)
+    ctx.parts()  # a bad clip fails here, before the model loads
+    backend = load_backend(cfg.model, cfg.server, cfg.vllm)
+    session = ChatSession(backend, ctx, cfg.gen, tool_llm=_tool_llm(cfg, backend))
+    who = cfg.model.model + (f" + {cfg.model.adapter}" if cfg.model.adapter else "")
+    print(f"chatting about {a.clip} with {who}. {CHAT_HELP}")
+    session.repl(input, print)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "ask",
+        parents=[common],
+        help="ask one question about one clip",
+        description="Sample frames from CLIP (video file or frame folder) and ask QUESTION.",
+    )
+    p.add_argument("clip", help="video file (mp4, avi, ...) or folder of frames (jpg/png/bmp)")
+    p.add_argument("question", help='e.g. "What is the coarse expression class?"')
+    p.add_argument(
+        "--json", action="store_true", help="print answer, model, adapter, frames, seconds as JSON"
+    )
+    add_settings(p, AskConfig)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser(
+        "chat",
+        parents=[common],
+        help="chat about one clip in the terminal (multi-turn)",
+        description="Multi-turn chat about CLIP; the frames go with the first question. " + CHAT_HELP,
+    )
+    p.add_argument("clip", help="video file or folder of frames")
+    add_settings(p, AskConfig)
+    p.set_defaults(func=cmd_chat)

@@ -1,0 +1,53 @@
+"""`mevqa bench`: speed measured as ratios of variants timed side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from mevqa.bench import format_results, run
+
+    results = run(
+        a.name,
+        Path(a.out) if a.out else None,
+        a.model,
+        clips=a.clips,
+        size=a.size,
+        repeat=a.repeat,
+        base_url=a.base_url,
+        threads=a.threads,
+    )
+    print(format_results(results))
+    if a.out:
+        print(f"wrote {Path(a.out) / (a.name + '.json')}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="speed benchmarks, as ratios measured in one run",
+        description="sampling: sparse vs full decode; reuse: per-clip reuse in eval; overhead: harness vs "
+        "bare generate; batching: batch 1/4/16; server: in-process vs a server; all: all but server.",
+    )
+    p.add_argument("name", choices=("sampling", "reuse", "overhead", "batching", "server", "all"))
+    p.add_argument("--base-url", help="for `server`: an OpenAI-compatible server serving --model")
+    p.add_argument("--out", help="folder for <name>.json")
+    p.add_argument(
+        "--model", help="model for the eval benchmarks (default: a tiny Qwen2.5-VL built on the fly)"
+    )
+    p.add_argument("--clips", type=int, default=8, help="SynthME clips for the eval benchmarks (default: 8)")
+    p.add_argument("--size", type=int, default=112, help="SynthME frame size (default: 112)")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="timed repeats per variant, median kept (default: 3)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, pinned so shared cores do not swing the ratios (default: 1; 0 = torch's)",
+    )
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,110 @@
+"""`mevqa data synth|convert|validate|stats`: MEGC files and SynthME clips."""
+
+from __future__ import annotations
+
+import argparse
+
+from mevqa.errors import InputError
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from mevqa.data.synth import synthesize
+
+    out = synthesize(a.out, a.subjects, a.clips_per_subject, a.fps, a.size, a.seed, a.video, a.test_fraction)
+    print(f"wrote {out}/frames, annotations.csv, train.jsonl, test.jsonl")
+    return 0
+
+
+def _print_list(title: str, items: list[str], limit: int = 10) -> None:
+    if items:
+        print(f"{title} ({len(items)}):")
+        for it in items[:limit]:
+            print(f"  {it}")
+        if len(items) > limit:
+            print(f"  ... and {len(items) - limit} more")
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from mevqa.data.megc import read_jsonl, validate
+
+    rows = read_jsonl(a.file)
+    v = validate(rows, a.root, a.clip_pattern)
+    datasets = sorted({d for d, _ in v.counts})
+    types = sorted({t for _, t in v.counts})
+    print(f"{a.file}: {len(rows)} rows, {v.clips} clips")
+    print(f"{'question type':<14}" + "".join(f"{d:>10}" for d in datasets))
+    for t in types:
+        print(f"{t:<14}" + "".join(f"{v.counts[(d, t)]:>10}" for d in datasets))
+    _print_list("duplicate ids", v.duplicate_ids)
+    _print_list("unknown question templates", v.unknown_questions)
+    _print_list("answers outside the label sets", v.bad_answers)
+    _print_list(f"clips missing under {a.root}", v.missing_clips)
+    if not v.ok:
+        raise InputError(f"{a.file} — invalid (see above)")
+    print("valid" + ("" if a.root else " (clips not checked: pass --root)"))
+    return 0
+
+
+def cmd_stats(a: argparse.Namespace) -> int:
+    from mevqa.data.megc import label_stats, read_jsonl
+
+    for qtype, by_ds in sorted(label_stats(read_jsonl(a.file)).items()):
+        print(f"== {qtype}")
+        for ds, counts in sorted(by_ds.items()):
+            total = sum(counts.values())
+            labels = ", ".join(f"{k} {n} ({100 * n / total:.0f}%)" for k, n in counts.most_common())
+            print(f"  {ds} [{total}]: {labels}")
+    return 0
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from mevqa.data.convert import convert
+    from mevqa.data.megc import write_jsonl
+
+    rows = convert(a.annotations, a.dataset, seed=a.seed)
+    write_jsonl(a.out, rows)
+    clips = len({r["image_id"] for r in rows})
+    print(f"wrote {a.out}: {len(rows)} questions about {clips} clips")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    data = sub.add_parser("data", parents=[common], help="MEGC files and SynthME clips").add_subparsers(
+        dest="sub", required=True
+    )
+    p = data.add_parser(
+        "synth",
+        parents=[common],
+        help="generate SynthME micro-expression clips + MEGC-style QA",
+        description="Procedural face clips with AU-driven micro-movements (onset-apex-offset).",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--subjects", type=int, default=4, help="identities (default: 4)")
+    p.add_argument("--clips-per-subject", type=int, default=5, help="clips per identity (default: 5)")
+    p.add_argument("--fps", type=float, default=200.0, help="frame rate (default: 200, like CASME II / SAMM)")
+    p.add_argument("--size", type=int, default=224, help="frame side in pixels (default: 224)")
+    p.add_argument("--seed", type=int, default=0, help="same seed gives identical files")
+    p.add_argument("--video", action="store_true", help="also write videos/<clip>.mp4")
+    p.add_argument(
+        "--test-fraction", type=float, default=0.25, help="share of subjects held out (default: 0.25)"
+    )
+    p.set_defaults(func=cmd_synth)
+
+    p = data.add_parser("convert", parents=[common], help="annotation sheet (xlsx/csv) -> MEGC QA JSONL")
+    p.add_argument("--dataset", required=True, help="casme2, samm, casme3, smic or synthme")
+    p.add_argument("--annotations", required=True, help="the dataset's coding sheet (.xlsx or .csv)")
+    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--seed", type=int, default=0, help="seed for the absent AU of the 'no' question")
+    p.set_defaults(func=cmd_convert)
+
+    p = data.add_parser(
+        "validate", parents=[common], help="check a MEGC JSONL file (templates, labels, ids, clips)"
+    )
+    p.add_argument("file", help="train or test JSONL")
+    p.add_argument("--root", help="clip folder: also check every row's clip exists")
+    p.add_argument("--clip-pattern", help="clip path under --root, e.g. {dataset}/{subject}/{filename}")
+    p.set_defaults(func=cmd_validate)
+
+    p = data.add_parser("stats", parents=[common], help="label distributions of a MEGC JSONL file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_stats)

@@ -1,0 +1,101 @@
+"""`mevqa eval` (answer a MEGC file, resumably, and score it) and `mevqa score` (score predictions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from mevqa.cli._args import add_settings, load_settings
+from mevqa.config import EvalConfig
+from mevqa.errors import InputError
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from mevqa.evaluation.report import format_table
+    from mevqa.evaluation.runner import run_eval
+    from mevqa.models.adapters import recorded_settings
+
+    # the adapter's recorded frame settings and prompt, unless the YAML or a flag sets them
+    cfg = load_settings(a, EvalConfig, "eval", lambda v: recorded_settings(v.get("model", {}).get("adapter")))
+    summary = run_eval(cfg)
+    c, run = summary["counts"], summary["run"]
+    print(
+        f"{c['n']} questions, {c['answered']} answered, {c['errors']} errors; "
+        f"{run['answered_this_run']} answered this run in {run['answering_seconds']} s "
+        f"({run['wall_seconds']} s with start-up)"
+    )
+    if summary["metrics"]:
+        print(format_table(summary["metrics"]))
+    for f in summary["files"]:
+        print(f"  wrote {f}")
+    if c["answered"] < c["n"]:
+        missing = c["n"] - c["answered"]
+        print(f"error: {missing} of {c['n']} questions have no answer (see report.md); rerun to retry them")
+        return 1
+    return 0
+
+
+def _unique(rows: list[dict], path: str) -> None:
+    from mevqa.data.megc import row_id
+
+    dup = [i for i, n in Counter(row_id(r) for r in rows).items() if n > 1]
+    if dup:
+        raise InputError(f"{path} — {len(dup)} duplicate id(s) (first: {dup[0]}); each question once")
+
+
+def cmd_score(a: argparse.Namespace) -> int:
+    from mevqa.data.megc import read_jsonl, row_id
+    from mevqa.evaluation.metrics import score_rows
+    from mevqa.evaluation.report import format_table, write_json
+
+    gold, pred = read_jsonl(a.gold), read_jsonl(a.pred, required=("answer",))
+    _unique(gold, a.gold)
+    _unique(pred, a.pred)
+    if not any(str(r.get("answer", "")).strip() for r in gold):
+        raise InputError(
+            f"--gold {a.gold} — has no answers (a test file to answer?); score needs gold answers"
+        )
+    answers = {row_id(r): str(r.get("answer", "")) for r in pred}
+    unknown = set(answers) - {row_id(r) for r in gold}
+    if unknown:
+        print(f"warning: {len(unknown)} predicted ids are not in --gold (first: {sorted(unknown)[0]})")
+    metrics = score_rows(gold, answers, a.label_set)
+    if a.out:
+        write_json(Path(a.out) / "metrics.json", metrics)
+    print(json.dumps(metrics, indent=2) if a.json else format_table(metrics))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="answer a MEGC file with a model; predictions, metrics, report",
+        description="Batch evaluation, resumable: rerunning skips questions already answered with the same "
+        "settings. Exit status: 0 every question answered, 1 some failed (rerun to retry), 2 bad input.",
+    )
+    p.add_argument(
+        "--config", help="YAML with the same keys, nested like the settings below (flags override it)"
+    )
+    add_settings(p, EvalConfig)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "score",
+        parents=[common],
+        help="score predictions against gold answers (MEGC metrics)",
+        description="Match rows by id / video_id, read labels from free text, compute UF1/UAR/...",
+    )
+    p.add_argument("--pred", required=True, help="predictions JSONL: rows with id (or video_id) and answer")
+    p.add_argument("--gold", required=True, help="gold JSONL with answers")
+    p.add_argument("--out", help="folder for metrics.json")
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
+    p.add_argument(
+        "--label-set",
+        choices=("gt", "union"),
+        default="gt",
+        help="UF1/UAR classes: ground truth (default) or union with predictions",
+    )
+    p.set_defaults(func=cmd_score)

@@ -1,0 +1,68 @@
+"""Files written so that a crash, a kill or a full disk never leaves half of one behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mevqa.errors import InputError
+
+# a full disk, a quota, a read-only or forbidden folder, a file where a folder should be (or the reverse)
+USER_ERRNOS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EEXIST,
+)
+
+
+@contextmanager
+def disk_errors(path: str | Path) -> Iterator[None]:
+    """A full disk or a read-only folder is the user's to fix: one clear line, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in USER_ERRNOS:
+            raise InputError(f"{path} — cannot write: {os.strerror(e.errno)}") from None
+        raise
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write `data` to a temporary sibling, then rename it over `path`: readers see old or new, never half."""
+    path = Path(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder to fill; on success it replaces `path` in one rename."""
+    path = Path(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            yield tmp
+            tmp.chmod(0o755)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

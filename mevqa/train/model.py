@@ -1,0 +1,62 @@
+"""The model to train: the base (full precision, or 4-bit for QLoRA) with LoRA on the chosen modules."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+
+from mevqa.config import TrainConfig
+from mevqa.errors import ModelError
+from mevqa.models.loading import load_model
+
+log = logging.getLogger(__name__)
+
+VISION_TARGETS = r".*(visual\.blocks|vision_model\.encoder).*\.(qkv|proj|q_proj|k_proj|v_proj|out_proj|fc1|fc2|gate_proj|up_proj|down_proj)"  # noqa: E501
+PROJECTOR_TARGETS = r".*(visual\.merger\.mlp\.[02]|connector\.modality_projection\.proj)"
+
+
+def lora_targets(cfg: TrainConfig) -> str:
+    parts = [cfg.lora.target_modules]
+    if cfg.lora.vision:
+        parts.append(VISION_TARGETS)
+    if cfg.lora.projector:
+        parts.append(PROJECTOR_TARGETS)
+    if len(parts) > 1:
+        log.warning(
+            "LoRA on the vision tower/projector: vLLM ignores those weights unless the server enables "
+            "LoRA for the tower (see `vllm serve --help`, 'tower' LoRA); language-model LoRA is what "
+            "every vLLM build serves."
+        )
+    return "|".join(f"(?:{p})" for p in parts)
+
+
+def build_model(cfg: TrainConfig, device: str) -> torch.nn.Module:
+    """The base model with LoRA adapters attached (on a 4-bit base for qlora), or fully trainable."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    spec = dataclasses.replace(cfg.model, device=device, load_in_4bit=cfg.method == "qlora")
+    model = load_model(spec)
+    if cfg.method == "qlora":
+        # casts norms to fp32 and enables input grads; checkpointing is ours to switch on below
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if cfg.method == "full":
+        return model.train()
+    peft_cfg = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=lora_targets(cfg),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, peft_cfg)
+    except ValueError as e:
+        raise ModelError(
+            f"--lora-target-modules {cfg.lora.target_modules!r} — {str(e).splitlines()[0][:200]}"
+        ) from None
+    return model.train()
