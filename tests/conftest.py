@@ -116,24 +116,35 @@ def cli(*args: str) -> Result:
 
 
 def eval_cli(data, root, model, out, *extra) -> Result:
-    return cli("eval", "--data", data, "--root", root, "--model", model, "--out", out, "--max-new-tokens", "12", *extra)
+    return cli(
+        "eval",
+        "--data",
+        data,
+        "--root",
+        root,
+        "--model",
+        model,
+        "--out",
+        out,
+        "--max-new-tokens",
+        "12",
+        *extra,
+    )
 
 
-def make_adapter(base: Path, out: Path, r: int = 8, base_name: str | None = None, recipe: dict | None = None) -> Path:
-    """A LoRA adapter on the language model of `base` (random B weights, so it changes the logits)."""
+def make_adapter(base: Path, out: Path, r: int = 8, recipe: dict | None = None, seed: int = 0) -> Path:
+    """A LoRA adapter on `base`'s language model with random B (a real, non-zero change); `recipe` is
+    written as its mevqa.yaml."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(base)
-    peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
-    with torch.no_grad():
-        for n, p in peft.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-    peft.save_pretrained(out)
-    rec = {"base_model": str(base_name or base), "frames": {"input": "oao", "frames": 8}} | (recipe or {})
-    (out / "mevqa.yaml").write_text(yaml.safe_dump(rec))
+    targets = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj)"
+    lora = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(out)
+    if recipe is not None:
+        (out / "mevqa.yaml").write_text(yaml.safe_dump(recipe))
     return out
 
 

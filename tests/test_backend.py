@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mevqa.backends.base import Backend, VQARequest, load_backend
-from mevqa.config import FrameConfig, GenConfig
+from mevqa.config import FrameConfig, GenConfig, ModelSpec, ServerSpec
 from mevqa.errors import InputError, ModelError
 from mevqa.inputs import question_message
 from mevqa.prompts import Message, VideoPart, to_hf, to_openai
@@ -15,19 +15,17 @@ Q = "What is the coarse expression class?"
 
 
 @pytest.fixture(scope="module")
-def qwen(tiny_qwen):
-    return load_backend("transformers", model=str(tiny_qwen))
-
-
-@pytest.fixture(scope="module")
 def idefics(tiny_idefics3):
-    return load_backend("transformers", model=str(tiny_idefics3))
+    return load_backend(ModelSpec(str(tiny_idefics3)))
 
 
-def _ask(backend, clip_path, cfg, questions=(Q,), batch_size=4):
+def _ask(backend, clip_path, cfg, questions=(Q,), one_by_one=False):
     cf = sample(clip_path, cfg)
     reqs = [VQARequest(str(i), (question_message(cf, q, cfg),)) for i, q in enumerate(questions)]
-    return backend.generate(reqs, GenConfig(max_new_tokens=8, batch_size=batch_size))
+    gen = GenConfig(max_new_tokens=8)
+    return (
+        [a for r in reqs for a in backend.generate([r], gen)] if one_by_one else backend.generate(reqs, gen)
+    )
 
 
 def test_backend_protocol(qwen):
@@ -54,8 +52,8 @@ def test_idefics3_refuses_video_input(idefics, clips):
 
 def test_batched_equals_one_by_one(qwen, clips):
     qs = (Q, "What is the action unit?", "Is the action unit brow lowerer shown on the face?")
-    batched = _ask(qwen, clips["mp4"], FrameConfig(frames=4), qs, batch_size=3)
-    single = _ask(qwen, clips["mp4"], FrameConfig(frames=4), qs, batch_size=1)
+    batched = _ask(qwen, clips["mp4"], FrameConfig(frames=4), qs)
+    single = _ask(qwen, clips["mp4"], FrameConfig(frames=4), qs, one_by_one=True)
     assert [a.text for a in batched] == [a.text for a in single]
 
 
@@ -82,9 +80,11 @@ def test_message_renders_same_parts_for_hf_and_openai(clips):
     assert to_hf([vid])[2][0].fps == 2.0
 
 
-def test_unknown_backend():
-    with pytest.raises(InputError, match="unknown backend"):
-        load_backend("nope", model="x")
+def test_unknown_backend_and_misplaced_settings(tiny_qwen):
+    with pytest.raises(InputError, match="choose one of transformers, openai, vllm"):
+        load_backend(ModelSpec("x", backend="nope"))
+    with pytest.raises(InputError, match="need --backend openai"):  # not silently ignored
+        load_backend(ModelSpec(str(tiny_qwen)), ServerSpec(base_url=("http://127.0.0.1:9/v1",)))
 
 
 @pytest.mark.parametrize("family,mode", [("qwen", "frames"), ("qwen", "video"), ("idefics", "frames")])
@@ -97,7 +97,7 @@ def test_shared_prefix_gives_the_same_answers(qwen, idefics, clips, family, mode
     cfg = FrameConfig(frames=4, input=mode)
     parts = visual_parts(sample(clips["mp4"], cfg), cfg)
     reqs = [VQARequest(str(i), (Message.user(*parts, q),)) for i, q in enumerate(TEMPLATE_EXAMPLES[:5])]
-    gen = GenConfig(max_new_tokens=12, batch_size=8)
+    gen = GenConfig(max_new_tokens=12)
     calls = []
 
     def count_vision(module, args, kwargs):

@@ -12,26 +12,9 @@ import time
 
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import cli, eval_cli, run_cli
 
 from mevqa.data.megc import read_jsonl, row_id, write_jsonl
-
-
-def eval_cli(data, root, model, out, *extra):
-    return run_cli(
-        "eval",
-        "--data",
-        str(data),
-        "--root",
-        str(root),
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--max-new-tokens",
-        "12",
-        *extra,
-    )
 
 
 def pred_ids(out):
@@ -75,8 +58,10 @@ def test_resume_after_sigkill_answers_each_question_once(synthme, tiny_qwen, tmp
         "--no-reuse",
         "--batch-size",
         "1",
+        "--limit",
+        "20",
         "--max-new-tokens",
-        "48",
+        "24",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     pred = out / "predictions.jsonl"
@@ -90,12 +75,12 @@ def test_resume_after_sigkill_answers_each_question_once(synthme, tiny_qwen, tmp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = len(pred.read_text().splitlines())
-    total = len(read_jsonl(synthme / "train.jsonl"))
+    total = 20
     assert 5 <= before < total, "the run was not killed mid-way"
-    r = run_cli(*cmd[3:])
+    r = cli(*cmd[3:])
     assert r.returncode == 0, r.stderr
     ids = pred_ids(out)
-    assert sorted(ids) == sorted(row_id(x) for x in read_jsonl(synthme / "train.jsonl"))
+    assert sorted(ids) == sorted(row_id(x) for x in read_jsonl(synthme / "train.jsonl")[:total])
     assert len(ids) == len(set(ids)) == total
     assert (
         f"{total - before} answered this run" in r.stdout
@@ -125,7 +110,7 @@ def test_missing_clip_becomes_error_rows(synthme, tiny_qwen, tmp_path):
     shutil.rmtree(root / "frames" / gone)
     out = tmp_path / "run"
     r = eval_cli(synthme / "test.jsonl", root, tiny_qwen, out)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # some questions have no answer: the exit status says so
     n_gone = sum(x["filename"] == gone for x in rows)
     assert f"{n_gone} errors" in r.stdout
     preds = read_jsonl(out / "predictions.jsonl")
@@ -167,14 +152,18 @@ def test_yaml_config_and_hierarchical(synthme, tiny_qwen, tmp_path):
                 "model": str(tiny_qwen),
                 "out": str(tmp_path / "run"),
                 "prompt": "hierarchical",
-                "max_new_tokens": 8,
+                "gen": {"max_new_tokens": 8},
+                "frames": {"input": "flow", "flow_with_oao": True, "folder_fps": 100.0},
             }
         )
     )
-    r = run_cli("eval", "--config", str(cfg), "--limit", "7")
+    r = cli("eval", "--config", str(cfg), "--limit", "7")
     assert r.returncode == 0, r.stderr
     assert len(pred_ids(tmp_path / "run")) == 7
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]["prompt"] == "hierarchical"
+    settings = json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]
+    assert settings["prompt"] == "hierarchical"
+    # options the flat configs could not reach from eval (they were "unknown keys")
+    assert settings["frames"]["flow_with_oao"] is True and settings["frames"]["folder_fps"] == 100.0
 
 
 @pytest.mark.parametrize("case", ["malformed", "backend", "model", "config_key"])
@@ -197,3 +186,71 @@ def test_bad_input_stops_before_work(synthme, tiny_qwen, tmp_path, case):
         r.stderr
     )
     assert not (out / "predictions.jsonl").exists()
+
+
+def _answers(out):
+    return {row_id(r): r for r in read_jsonl(out / "predictions.jsonl")}
+
+
+def test_limit_keeps_the_other_answers(synthme, tiny_qwen, tmp_path):
+    out = tmp_path / "run"
+    n = len(read_jsonl(synthme / "test.jsonl"))
+    assert eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out).returncode == 0
+    before = _answers(out)
+    r = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out, "--limit", "3")
+    assert r.returncode == 0 and "3 questions" in r.stdout
+    assert _answers(out) == before and len(before) == n  # the rows this run did not ask about stay
+
+
+def test_torn_last_line_is_repaired(synthme, tiny_qwen, tmp_path):
+    out = tmp_path / "run"
+    n = len(read_jsonl(synthme / "test.jsonl"))
+    eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out)
+    pred = out / "predictions.jsonl"
+    lines = pred.read_text().splitlines(keepends=True)
+    pred.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # a write cut mid-line
+    r = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out)
+    assert r.returncode == 0, r.stderr
+    assert f"{n} questions, {n} answered, 0 errors; 1 answered this run" in r.stdout
+    assert len(_answers(out)) == n
+
+
+def test_one_eval_per_out_folder(synthme, tiny_qwen, tmp_path):
+    from mevqa.evaluation.runner import FolderLock
+
+    out = tmp_path / "run"
+    lock = FolderLock(out)  # another eval holds the folder
+    try:
+        r = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out)
+    finally:
+        lock.release()
+    assert r.returncode == 2 and "in use by mevqa eval, pid" in r.stderr
+    assert eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out, "--limit", "2").returncode == 0
+
+
+def test_new_weights_at_the_same_path_are_not_served_stale(synthme, tiny_qwen, tmp_path):
+    """Rebuilding the model folder with other weights recomputes every answer (the fingerprint reads the
+    weights, not only config.json)."""
+    import shutil
+
+    from mevqa.models.tiny import build_tiny
+
+    model, out = tmp_path / "model", tmp_path / "run"
+    shutil.copytree(tiny_qwen, model)
+    assert eval_cli(synthme / "test.jsonl", synthme, model, out, "--limit", "6").returncode == 0
+    build_tiny("qwen2_5_vl", model, seed=5)
+    r = eval_cli(synthme / "test.jsonl", synthme, model, out, "--limit", "12")
+    assert "12 answered this run" in r.stdout, r.stdout
+
+
+def test_failures_in_a_row_stop_the_run(synthme, tiny_qwen, tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    r = eval_cli(synthme / "test.jsonl", root, tiny_qwen, tmp_path / "run", "--max-errors", "3")
+    assert r.returncode == 1 and "3 answers in a row failed" in r.stderr and "clip not found" in r.stderr
+    assert len(read_jsonl(tmp_path / "run" / "predictions.jsonl")) >= 3  # what was answered is kept
+
+
+def test_common_flags_after_the_command(synthme, tiny_qwen, tmp_path):
+    r = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, tmp_path / "run", "--limit", "2", "-v")
+    assert r.returncode == 0 and "INFO" in r.stderr

@@ -16,9 +16,16 @@ from mevqa.errors import MevqaError
 COMMANDS = (ask, data, eval, train, models, serve, bench)
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage mistake is one line naming the command, like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # -v works before or after the command (`mevqa -v eval ...` and `mevqa eval ... -v`)
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "-v",
         "--verbose",
@@ -26,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="log progress and library messages",
     )
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mevqa", description="Micro-expression visual question answering.", parents=[common]
     )
     parser.add_argument("--version", action="version", version=f"mevqa {__version__}")
@@ -49,9 +56,9 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    # force: in-process callers (tests, the demo) call main() repeatedly with other streams
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     if verbose:
         logging.captureWarnings(True)
     else:

@@ -268,15 +268,16 @@ def answer_rows(cfg: EvalConfig, backend: Backend, rows: list[dict]) -> Iterator
     """
     answerer = Answerer(cfg, backend)
     batches = batches_of(cfg, rows)
-    if cfg.prompt == "hierarchical":
+    if cfg.prompt == "hierarchical" or len(batches) < 2:
         for b in batches:
             yield from answerer.run(answerer.prepare(b))
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mevqa-prepare") as pool:
-        ahead = pool.submit(answerer.prepare, batches[0]) if batches else None
+        ahead = pool.submit(answerer.prepare, batches[0])
         for nxt in [*batches[1:], None]:
-            current = ahead.result()  # type: ignore[union-attr]
-            ahead = pool.submit(answerer.prepare, nxt) if nxt else None
+            current = ahead.result()
+            if nxt is not None:
+                ahead = pool.submit(answerer.prepare, nxt)
             yield from answerer.run(current)
 
 
