@@ -280,8 +280,28 @@ def run(
     """
     import torch
 
+    previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run(name, out, model, clips, size, repeat, video_seconds, video_size, base_url)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(
+    name: str,
+    out: Path | None,
+    model: str | None,
+    clips: int,
+    size: int,
+    repeat: int,
+    video_seconds: float,
+    video_size: tuple[int, int],
+    base_url: str | None,
+) -> dict:
+    import torch
+
     if name == "server" and not base_url:
         raise InputError("bench server — needs --base-url of a server serving --model")
     names = BENCHES if name == "all" else (name,)

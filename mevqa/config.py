@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import re
+import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,22 @@ def _check(name: str, value: Any, t: Any, rules: typing.Mapping[str, Any]) -> No
         raise InputError(f"{name} = {value!r} — must be at least {rules['min']}")
     if "above" in rules and value <= rules["above"]:
         raise InputError(f"{name} = {value!r} — must be above {rules['above']}")
+    if rules.get("pattern") and value is not None:
+        _check_pattern(name, value)
     if rules.get("required") and not value:
         raise InputError(f"{name} — required (give --{name.replace('_', '-')} or set it in --config)")
+
+
+def _check_pattern(name: str, pattern: str) -> None:
+    """A clip pattern names row fields: `{dataset}/{subject}/{filename}`, not `{0}` or `{image_id`."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as e:
+        raise InputError(f"{name} = {pattern!r} — not a pattern of {{field}} names ({e})") from None
+    if not fields or not all(f.isidentifier() for f in fields):
+        raise InputError(
+            f"{name} = {pattern!r} — use row field names in braces, e.g. {{dataset}}/{{filename}}"
+        )
 
 
 # ---------------------------------------------------------------- the specs
@@ -297,7 +312,7 @@ class EvalConfig(Settings):
     server: ServerSpec = setting(ServerSpec())
     vllm: VLLMSpec = setting(VLLMSpec())
     root: str | None = None
-    clip_pattern: str | None = None
+    clip_pattern: str | None = setting(None, pattern=True)
     prompt: str = setting("plain", choices=PROMPT_STRATEGIES)
     batch_size: int = setting(8, min=1)
     limit: int | None = setting(None, min=1)
@@ -352,7 +367,7 @@ class TrainConfig(Settings):
     lora: LoraSpec = setting(LoraSpec())
     root: str | None = None
     eval_data: str | None = None
-    clip_pattern: str | None = None
+    clip_pattern: str | None = setting(None, pattern=True)
     prompt: str = setting("plain", choices=PROMPT_STRATEGIES)
     method: str = setting("lora", choices=METHODS)
     question_types: tuple[str, ...] | None = None

@@ -91,7 +91,13 @@ class ClipFrames:
 class Clip(ABC):
     """A clip opened for random access. Use `open_clip`."""
 
+    MIN_SIDE = 16  # smaller is no face clip (and the processors and the flow need some pixels)
+
     def __init__(self, path: Path, num_frames: int, fps: float, size: tuple[int, int]):
+        if min(size) < self.MIN_SIDE:
+            raise InputError(
+                f"{path} — frames are {size[0]}x{size[1]} pixels; at least {self.MIN_SIDE} a side"
+            )
         self.path, self.num_frames, self.fps, self.size = path, num_frames, fps, size
 
     @abstractmethod
@@ -190,6 +196,8 @@ def open_clip(path: str | Path, folder_fps: float = 200.0) -> Clip:
         raise InputError(f"{path} — no such file or folder")
     if path.is_dir():
         return FolderClip(path, folder_fps)
+    if not path.is_file():  # a FIFO or a device named .mp4 would block the decoder forever
+        raise InputError(f"{path} — not a regular file")
     if path.suffix.lower() not in VIDEO_EXTS:
         raise InputError(f"{path} — not a video ({', '.join(sorted(VIDEO_EXTS))}) or a folder of frames")
     return VideoClip(path)

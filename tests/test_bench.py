@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_cli
+from conftest import cli
 
 from mevqa.bench import bench_sampling, format_results, run
 
@@ -19,23 +19,15 @@ def test_sampling_bench_small(tmp_path):
     assert all(v > 0 for v in r["seconds"].values())
 
 
-def test_eval_benches_small(tiny_qwen, tmp_path):
-    res = run(
-        "all",
-        tmp_path / "out",
-        model=str(tiny_qwen),
-        clips=2,
-        size=64,
-        repeat=1,
-        video_seconds=0.1,
-        video_size=(64, 48),
-    )
-    assert set(res) == {"environment", "sampling", "reuse", "overhead", "batching"}
+def test_eval_bench_small(tiny_qwen, tmp_path):
+    """One eval bench through the public entry point: the others share its workload and runner path."""
+    res = run("reuse", tmp_path / "out", model=str(tiny_qwen), clips=2, size=64, repeat=1, threads=1)
+    assert set(res) == {"environment", "reuse"} and res["environment"]["torch_threads"] == 1
     assert res["reuse"]["questions"] == 10  # 2 clips x 5 questions
-    assert json.loads((tmp_path / "out" / "all.json").read_text())["batching"]["questions_per_second"]
+    assert json.loads((tmp_path / "out" / "reuse.json").read_text())["reuse"]["questions_per_second"]
     assert "decode once + shared prefix" in format_results(res)
 
 
 def test_bench_cli_help():
-    r = run_cli("bench", "--help")
-    assert r.returncode == 0 and "sampling" in r.stdout
+    r = cli("bench", "--help")
+    assert r.returncode == 0 and "sampling" in r.stdout and "--threads" in r.stdout

@@ -6,7 +6,7 @@ import csv
 from collections import defaultdict
 
 import pytest
-from conftest import run_cli
+from conftest import cli
 from openpyxl import Workbook
 
 from mevqa.data.convert import convert
@@ -132,7 +132,7 @@ def test_cli_convert_and_no_question_is_seeded(megc_dir, tmp_path):
         csv.writer(f).writerows([CASME2_HEADER, *reconstruct_sheet(original, "casme2")])
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for out in (a, b):
-        r = run_cli("data", "convert", "--dataset", "casme2", "--annotations", str(sheet), "--out", str(out))
+        r = cli("data", "convert", "--dataset", "casme2", "--annotations", str(sheet), "--out", str(out))
         assert r.returncode == 0 and "911 questions about 145 clips" in r.stdout, r.stderr
     assert a.read_bytes() == b.read_bytes()
 
@@ -154,7 +154,7 @@ def test_unknown_dataset_and_missing_column(tmp_path):
         convert(sheet, "ckplus")
     with pytest.raises(InputError, match=r"missing column\(s\): aus"):
         convert(sheet, "casme2")
-    r = run_cli(
+    r = cli(
         "data", "convert", "--dataset", "casme2", "--annotations", str(sheet), "--out", str(tmp_path / "o")
     )
     assert r.returncode == 2 and r.stderr.startswith("error: --annotations") and "aus" in r.stderr

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import run_cli
+from conftest import cli
 
 from mevqa.data.megc import (
     clip_key,
@@ -97,16 +97,16 @@ def test_validate_cli_flags_problems(tmp_path):
         {"id": "x_1", "dataset": "casme2", "question": "What colour is the sky?", "answer": "blue"},
     ]
     f = write_jsonl(tmp_path / "bad.jsonl", rows)
-    r = run_cli("data", "validate", str(f))
+    r = cli("data", "validate", str(f))
     assert r.returncode == 2
     assert "duplicate ids (1)" in r.stdout and "unknown question templates (1)" in r.stdout
     assert "answers outside the label sets (1)" in r.stdout and "'joyful'" in r.stdout
 
 
 def test_validate_and_stats_cli_on_real_file(megc_dir):
-    r = run_cli("data", "validate", str(megc_dir / "train_casme2.jsonl"))
+    r = cli("data", "validate", str(megc_dir / "train_casme2.jsonl"))
     assert r.returncode == 0 and "911 rows, 145 clips" in r.stdout
-    r = run_cli("data", "stats", str(megc_dir / "train_casme2.jsonl"))
+    r = cli("data", "stats", str(megc_dir / "train_casme2.jsonl"))
     assert r.returncode == 0 and "disgust 61" in r.stdout
 
 
@@ -137,11 +137,9 @@ def test_resolve_real_layouts(tmp_path):
 
 
 def test_synthme_validates_with_clips(synthme):
-    r = run_cli("data", "validate", str(synthme / "train.jsonl"), "--root", str(synthme))
+    r = cli("data", "validate", str(synthme / "train.jsonl"), "--root", str(synthme))
     assert r.returncode == 0, r.stdout + r.stderr
-    missing = run_cli(
-        "data", "validate", str(synthme / "train.jsonl"), "--root", str(synthme / "frames" / "x")
-    )
+    missing = cli("data", "validate", str(synthme / "train.jsonl"), "--root", str(synthme / "frames" / "x"))
     assert missing.returncode == 2 and "clips missing" in missing.stdout
 
 

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 import sacrebleu
-from conftest import run_cli
+from conftest import cli
 from rouge_score import rouge_scorer
 from sklearn.metrics import f1_score, recall_score
 
@@ -141,7 +141,7 @@ def test_score_cli_matches_independent_numbers(megc_dir, tmp_path):
         for r in gold
     ]
     write_jsonl(tmp_path / "pred.jsonl", pred)
-    r = run_cli(
+    r = cli(
         "score",
         "--pred",
         str(tmp_path / "pred.jsonl"),
@@ -175,7 +175,7 @@ def test_score_cli_matches_independent_numbers(megc_dir, tmp_path):
         "n",
         "missing",
     }
-    table = run_cli(
+    table = cli(
         "score", "--pred", str(tmp_path / "pred.jsonl"), "--gold", str(megc_dir / "train_casme2.jsonl")
     )
     assert "UF1-C" in table.stdout and "casme2" in table.stdout

@@ -8,7 +8,7 @@ import filecmp
 import cv2
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import cli
 
 from mevqa.config import FrameConfig
 from mevqa.data.megc import read_jsonl
@@ -128,7 +128,7 @@ def test_flow_peaks_in_the_au_region(synthme):
 @pytest.mark.parametrize("mode", ["flow", "oao", "diff"])
 def test_ask_with_keyframe_inputs(synthme, tiny_qwen, mode):
     a = annotations(synthme)[0]
-    r = run_cli(
+    r = cli(
         "ask",
         str(synthme / "frames" / a["clip"]),
         "What is the coarse expression class?",

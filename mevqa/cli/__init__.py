@@ -33,9 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="log progress and library messages",
     )
-    parser = Parser(
-        prog="mevqa", description="Micro-expression visual question answering.", parents=[common]
-    )
+    parser = Parser(prog="mevqa", description="Micro-expression visual question answering.", parents=[common])
     parser.add_argument("--version", action="version", version=f"mevqa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:

@@ -7,6 +7,7 @@ and every sheet goes through the one QA builder (`qa.build_rows`) that SynthME u
 from __future__ import annotations
 
 import csv
+import zipfile
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,21 +68,35 @@ def _key(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", str(name)).lower()
 
 
+def _xlsx_table(path: Path) -> list[list[str]]:
+    from openpyxl import load_workbook  # openpyxl only for xlsx sheets
+
+    ws = load_workbook(path, read_only=True, data_only=True).worksheets[0]
+    return [["" if c is None else str(c).strip() for c in row] for row in ws.iter_rows(values_only=True)]
+
+
+def _csv_table(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        return [[c.strip() for c in row] for row in csv.reader(f)]
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+
+
 def read_sheet(path: str | Path) -> list[dict[str, str]]:
     """Rows of the first worksheet of an xlsx, or of a csv, as header -> cell text."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--annotations {path} — no such file")
-    if path.suffix.lower() in (".xlsx", ".xlsm"):
-        from openpyxl import load_workbook
-
-        ws = load_workbook(path, read_only=True, data_only=True).worksheets[0]
-        table = [["" if c is None else str(c).strip() for c in row] for row in ws.iter_rows(values_only=True)]
-    elif path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            table = [[c.strip() for c in row] for row in csv.reader(f)]
-    else:
+    if path.suffix.lower() not in (".xlsx", ".xlsm", ".csv"):
         raise InputError(f"--annotations {path} — expected an .xlsx or .csv sheet")
+    try:
+        table = _xlsx_table(path) if path.suffix.lower() != ".csv" else _csv_table(path)
+    except (zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(
+            f"--annotations {path} — not a readable {path.suffix} sheet ({_first_line(e)})"
+        ) from None
     table = [r for r in table if any(r)]
     if not table:
         raise InputError(f"--annotations {path} — the sheet is empty")

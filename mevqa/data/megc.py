@@ -109,6 +109,8 @@ def _candidates(row: dict, root: Path, pattern: str | None) -> list[Path]:
             return [root / pattern.format(**fields)]
         except KeyError as e:
             raise InputError(f"--clip-pattern {pattern!r} — row {row_id(row)} has no field {e}") from None
+        except (IndexError, ValueError) as e:
+            raise InputError(f"--clip-pattern {pattern!r} — not a pattern of {{field}} names ({e})") from None
     if "video" in row:  # test rows: SAMM-1/, CAS-1/
         return [root / row["video"]]
     ds, subj, name = row.get("dataset", ""), str(row.get("subject", "")), str(row.get("filename", ""))
@@ -123,7 +125,7 @@ def _candidates(row: dict, root: Path, pattern: str | None) -> list[Path]:
 
 
 def _existing(path: Path) -> Path | None:
-    if path.is_dir():
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in VIDEO_EXTS):
         return path
     for ext in sorted(VIDEO_EXTS):  # a video file of the same stem
         if (p := path.with_name(path.name + ext)).is_file():
