@@ -112,8 +112,17 @@ def _cases(d, clips, tiny_qwen, synthme):
         (["ask", str(clips["mp4"]), Q, "--model", str(d / "../tiny"), "--frames", "0"], "frames"),
         (["ask", str(clips["mp4"]), Q, "--model", str(tiny_qwen), "--backend", "nope"], "--backend"),
         (["adapters", "list", "--dir", str(d / "adapters")], "metrics.json"),
-        *[(["data", cmd, str(d / f)], f) for cmd in ("validate", "stats") for f in
-          ("int-question.jsonl", "null-question.jsonl", "latin1.jsonl", "nested.jsonl", "null-video.jsonl")],
+        *[
+            (["data", cmd, str(d / f)], f)
+            for cmd in ("validate", "stats")
+            for f in (
+                "int-question.jsonl",
+                "null-question.jsonl",
+                "latin1.jsonl",
+                "nested.jsonl",
+                "null-video.jsonl",
+            )
+        ],
         ([*ev[:2], str(d / "null-video.jsonl"), *ev[3:]], "null-video.jsonl"),
         ([*ev, "--config", str(d / "frames-str.yaml")], "frames"),
         ([*ev, "--config", str(d / "batch-x.yaml")], "batch_size"),
@@ -127,14 +136,25 @@ def _cases(d, clips, tiny_qwen, synthme):
         ([*tr, "--epochs", "0"], "epochs"),
         ([*tr, "--lr", "-1"], "lr"),
         ([*tr, "--lora-r", "0"], "r = 0"),
-        (["data", "convert", "--dataset", "casme2", "--annotations", str(d / "sheet.xlsx"), "--out", str(d / "o")],
-         "sheet.xlsx"),
+        (
+            [
+                "data",
+                "convert",
+                "--dataset",
+                "casme2",
+                "--annotations",
+                str(d / "sheet.xlsx"),
+                "--out",
+                str(d / "o"),
+            ],
+            "sheet.xlsx",
+        ),
         (["data", "synth", "--out", str(d / "s"), "--subjects", "0"], "subjects=0"),
         (["score", "--pred", test, "--gold", str(d / "gold-empty.jsonl")], "has no answers"),
         (["score", "--pred", str(d / "dup.jsonl"), "--gold", test], "duplicate id"),
         (["score", "--pred", test, "--gold", str(d / "dup.jsonl")], "duplicate id"),
         (["eval", "--out", str(d / "run")], "data"),
-    ]  # fmt: skip
+    ]
 
 
 def test_every_bad_input_is_one_line(bad, clips, tiny_qwen, synthme):
@@ -182,18 +202,45 @@ def test_clip_pattern_to_a_video_file_and_video_rows(synthme, tiny_qwen, tmp_pat
         "2",
     )
     assert r.returncode == 0 and "0 errors" in r.stdout, r.stdout + r.stderr
-    test_rows = [{"video_id": f"v{i}", "video": f"{x['image_id']}.mp4", "question": x["question"], "answer": ""}
-                 for i, x in enumerate(rows)]  # fmt: skip
+    test_rows = [
+        {"video_id": f"v{i}", "video": f"{x['image_id']}.mp4", "question": x["question"], "answer": ""}
+        for i, x in enumerate(rows)
+    ]
     data = tmp_path / "t.jsonl"
     data.write_text("".join(json.dumps(x) + "\n" for x in test_rows))
-    r = cli("eval", "--data", data, "--root", synthme / "videos", "--model", tiny_qwen, "--out", tmp_path / "b",
-            "--max-new-tokens", "2")  # fmt: skip
+    r = cli(
+        "eval",
+        "--data",
+        data,
+        "--root",
+        synthme / "videos",
+        "--model",
+        tiny_qwen,
+        "--out",
+        tmp_path / "b",
+        "--max-new-tokens",
+        "2",
+    )
     assert r.returncode == 0 and "0 errors" in r.stdout, r.stdout + r.stderr
 
 
 def test_onset_offset_are_used_by_uniform_sampling(clips, tiny_qwen):
-    r = cli("ask", clips["folder"], Q, "--model", tiny_qwen, "--json", "--frames", "3", "--onset", "11",
-            "--offset", "31", "--max-new-tokens", "2")  # fmt: skip
+    r = cli(
+        "ask",
+        clips["folder"],
+        Q,
+        "--model",
+        tiny_qwen,
+        "--json",
+        "--frames",
+        "3",
+        "--onset",
+        "11",
+        "--offset",
+        "31",
+        "--max-new-tokens",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["frames"] == [10, 20, 30]  # files img11..img31 = indices 10..30
 
@@ -207,8 +254,14 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(row=st.dictionaries(st.sampled_from(["id", "video_id", "question", "video", "subject", "answer",
-                                             "image_id", "dataset", "filename"]), json_values))  # fmt: skip
+@given(
+    row=st.dictionaries(
+        st.sampled_from(
+            ["id", "video_id", "question", "video", "subject", "answer", "image_id", "dataset", "filename"]
+        ),
+        json_values,
+    )
+)
 def test_jsonl_reader_accepts_or_names_the_line(tmp_path_factory, row):
     path = tmp_path_factory.getbasetemp() / "fuzz.jsonl"
     path.write_text(json.dumps(row) + "\n")
@@ -221,8 +274,14 @@ def test_jsonl_reader_accepts_or_names_the_line(tmp_path_factory, row):
 
 
 @settings(max_examples=300, deadline=None)
-@given(values=st.dictionaries(st.sampled_from(["batch_size", "limit", "prompt", "frames", "gen", "model",
-                                                "server", "seed", "reuse", "nope"]), json_values))  # fmt: skip
+@given(
+    values=st.dictionaries(
+        st.sampled_from(
+            ["batch_size", "limit", "prompt", "frames", "gen", "model", "server", "seed", "reuse", "nope"]
+        ),
+        json_values,
+    )
+)
 def test_config_accepts_or_names_the_key(values):
     values = {"data": "d", "out": "o", "model": "m"} | values
     try:

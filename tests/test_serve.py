@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -12,38 +13,31 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import yaml
-from conftest import TransformersServer, free_port, run_cli
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForImageTextToText
+from conftest import TransformersServer, cli, free_port, make_adapter
 
 from mevqa.backends.base import VQARequest, load_backend
-from mevqa.config import GenConfig
+from mevqa.config import GenConfig, ModelSpec, ServerSpec
 from mevqa.data.megc import read_jsonl, row_id
+from mevqa.models.loading import config_hash
 from mevqa.prompts import Message
+from mevqa.serve import SERVER_MODULE
 
 Q = "What is the coarse expression class?"
 
 
 def test_ask_through_server_matches_in_process(served_qwen, tiny_qwen, synthme):
     clip = str(sorted((synthme / "frames").iterdir())[0])
-    local = run_cli("ask", clip, Q, "--model", str(tiny_qwen), "--json", "--frames", "4")
-    remote = run_cli(
-        "ask",
-        clip,
-        Q,
-        "--model",
-        str(tiny_qwen),
-        "--json",
-        "--frames",
-        "4",
+    args = ["ask", clip, Q, "--model", str(tiny_qwen), "--json", "--frames", "4"]
+    local = cli(*args)
+    remote = cli(
+        *args,
         "--backend",
         "openai",
         "--base-url",
         served_qwen.url,
     )
     assert local.returncode == 0 and remote.returncode == 0, remote.stderr
-    assert json.loads(remote.stdout)["answer"] == json.loads(local.stdout)["answer"] != ""
+    assert unspecial(json.loads(remote.stdout)["answer"]) == json.loads(local.stdout)["answer"] != ""
 
 
 def test_eval_through_server_concurrent_matches_in_process(served_qwen, tiny_qwen, synthme, tmp_path):
@@ -60,8 +54,8 @@ def test_eval_through_server_concurrent_matches_in_process(served_qwen, tiny_qwe
         "--frames",
         "4",
     ]
-    local = run_cli(*common, "--out", str(tmp_path / "local"))
-    remote = run_cli(
+    local = cli(*common, "--out", str(tmp_path / "local"))
+    remote = cli(
         *common,
         "--out",
         str(tmp_path / "remote"),
@@ -76,11 +70,14 @@ def test_eval_through_server_concurrent_matches_in_process(served_qwen, tiny_qwe
     )
     assert local.returncode == 0 and remote.returncode == 0, remote.stderr
     a = {row_id(r): r["answer"] for r in read_jsonl(tmp_path / "local" / "predictions.jsonl")}
-    b = {row_id(r): r["answer"] for r in read_jsonl(tmp_path / "remote" / "predictions.jsonl")}
+    b = {row_id(r): unspecial(r["answer"]) for r in read_jsonl(tmp_path / "remote" / "predictions.jsonl")}
     assert a == b and all(a.values())
-    m_local = json.loads((tmp_path / "local" / "metrics.json").read_text())["overall"]
-    m_remote = json.loads((tmp_path / "remote" / "metrics.json").read_text())["overall"]
-    assert m_local == m_remote
+
+
+def unspecial(text: str) -> str:
+    """transformers serve leaves special tokens (<|vision_start|>...) in the text this random model
+    emits; the in-process backend and vLLM strip them."""
+    return re.sub(r"<\|[a-z_]+\|>", "", text)
 
 
 def test_server_killed_mid_eval_then_resume(tiny_qwen, synthme, tmp_path):
@@ -106,6 +103,8 @@ def test_server_killed_mid_eval_then_resume(tiny_qwen, synthme, tmp_path):
         "1",
         "--retries",
         "1",
+        "--max-errors",
+        "0",
         "--max-new-tokens",
         "24",
     ]
@@ -123,14 +122,14 @@ def test_server_killed_mid_eval_then_resume(tiny_qwen, synthme, tmp_path):
     server.stop()  # the server dies mid-run: the remaining rows become error rows, the run still ends
     stdout, _ = proc.communicate(timeout=300)
     total = len(read_jsonl(synthme / "train.jsonl"))
-    assert proc.returncode == 0, stdout
+    assert proc.returncode == 1, stdout  # some questions have no answer: the exit status says so
     rows = read_jsonl(pred)
     errors = [r for r in rows if r["error"]]
     assert len(rows) == total and 0 < len(errors) < total
     assert all("ConnectError" in r["error"] or "Connect" in r["error"] for r in errors)
     server.start()
     try:
-        r = run_cli(*args)
+        r = cli(*args)
     finally:
         server.stop()
     assert r.returncode == 0, r.stderr
@@ -145,12 +144,12 @@ def test_server_killed_mid_eval_then_resume(tiny_qwen, synthme, tmp_path):
 
 def test_nothing_listening_is_a_clear_error(tiny_qwen, synthme):
     clip = str(sorted((synthme / "frames").iterdir())[0])
-    r = run_cli(
+    r = cli(
         "ask",
         clip,
         Q,
         "--model",
-        str(tiny_qwen),
+        tiny_qwen,
         "--backend",
         "openai",
         "--base-url",
@@ -189,9 +188,8 @@ def test_retry_policy(status, posts):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        backend = load_backend(
-            "openai", model="m", base_url=f"http://127.0.0.1:{httpd.server_port}/v1", retries=2
-        )
+        url = f"http://127.0.0.1:{httpd.server_port}/v1"
+        backend = load_backend(ModelSpec("m", backend="openai"), ServerSpec(base_url=(url,), retries=2))
         backend.backoff = 0.01
         (ans,) = backend.generate([VQARequest("x", (Message.user("hi"),))], GenConfig(max_new_tokens=4))
     finally:
@@ -201,89 +199,76 @@ def test_retry_policy(status, posts):
 
 
 def test_vllm_backend_without_vllm_is_one_clear_line(tiny_qwen, synthme):
-    pytest.importorskip("mevqa")
     try:
         import vllm  # noqa: F401
 
-        pytest.skip("vllm is installed here")
+        pytest.skip("vllm is installed in this environment")
     except ImportError:
         pass
     clip = str(sorted((synthme / "frames").iterdir())[0])
-    r = run_cli("ask", clip, Q, "--model", str(tiny_qwen), "--backend", "vllm")
-    assert (
-        r.returncode == 2
-        and "pip install 'mevqa[vllm]'" in r.stderr
-        and len(r.stderr.strip().splitlines()) == 1
-    )
+    r = cli("ask", clip, Q, "--model", tiny_qwen, "--backend", "vllm")
+    assert r.returncode == 2 and "make vllm" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- mevqa serve --dry-run
-def make_adapter(base, out, r, base_name=None):
-    model = AutoModelForImageTextToText.from_pretrained(base)
-    get_peft_model(
-        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=r".*language_model.*\.(q_proj|v_proj)")
-    ).save_pretrained(out)
-    (out / "mevqa.yaml").write_text(
-        yaml.safe_dump({"base_model": str(base_name or base), "input": "oao", "frames": 8})
+def oao_adapter(base, out, r, base_name=None, **recipe):
+    return make_adapter(
+        base, out, r, {"base_model": str(base_name or base), "frames": {"input": "oao"}, **recipe}
     )
-    return out
 
 
 @pytest.fixture(scope="module")
 def adapters_dir(tiny_qwen, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
     for r in (8, 16, 40):
-        make_adapter(tiny_qwen, root / f"lora-r{r}", r)
+        oao_adapter(tiny_qwen, root / f"lora-r{r}", r)
     return root
 
 
+def served(cmd: list[str]) -> str:
+    """The model a printed server command serves (`vllm serve M` or `python -m ... --model M`)."""
+    return cmd[cmd.index("--model") + 1] if SERVER_MODULE in cmd else cmd[2]
+
+
 def test_dry_run_builds_a_vllm_command(adapters_dir, tiny_qwen):
-    r = run_cli(
+    r = cli(
         "serve",
         "--model",
-        str(tiny_qwen),
+        tiny_qwen,
         "--adapters-dir",
-        str(adapters_dir),
+        adapters_dir,
         "--dry-run",
         "--port",
         "8011",
         "--api-key",
-        "k",
+        "sekrit",
         "--tensor-parallel-size",
         "2",
     )
     assert r.returncode == 0, r.stderr
-    cmd = shlex.split(r.stdout.strip())
-    assert cmd[:3] == ["vllm", "serve", str(tiny_qwen)]
+    assert "sekrit" not in r.stdout and "VLLM_API_KEY" in r.stdout  # never on argv, where `ps` shows it
+    cmd = shlex.split(r.stdout.split("  #")[0])
+    assert served(cmd) == str(tiny_qwen) and "serve" in cmd[:5] or SERVER_MODULE in cmd
     assert cmd[cmd.index("--max-lora-rank") + 1] == "64"  # smallest vLLM rank covering 40
     assert cmd[cmd.index("--max-loras") + 1] == "3" and "--enable-lora" in cmd
     mods = cmd[cmd.index("--lora-modules") + 1 : cmd.index("--max-lora-rank")]
     assert sorted(m.split("=")[0] for m in mods) == ["lora-r16", "lora-r40", "lora-r8"]
-    assert json.loads(cmd[cmd.index("--limit-mm-per-prompt") + 1]) == {"image": 3, "video": 0}
-    assert cmd[cmd.index("--api-key") + 1] == "k" and cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
-    assert "--enable-prefix-caching" in cmd
+    # base-model requests may send the default 8 frames, whatever the adapters were trained on
+    assert json.loads(cmd[cmd.index("--limit-mm-per-prompt") + 1]) == {"image": 16, "video": 1}
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2" and "--enable-prefix-caching" in cmd
 
 
 def test_dry_run_refuses_bad_adapters(adapters_dir, tiny_qwen, tiny_idefics3, tmp_path):
-    other = make_adapter(tiny_qwen, tmp_path / "other", 8, base_name="Qwen/Qwen2.5-VL-7B-Instruct")
-    r = run_cli("serve", "--model", str(tiny_qwen), "--adapter", f"other={other}", "--dry-run")
+    other = oao_adapter(tiny_qwen, tmp_path / "other", 8, base_name="Qwen/Qwen2.5-VL-7B-Instruct")
+    r = cli("serve", "--model", tiny_qwen, "--adapter", f"other={other}", "--dry-run")
     assert r.returncode == 2 and "trained on Qwen/Qwen2.5-VL-7B-Instruct" in r.stderr
     for bad in ("../../etc", "..", "x/../../y=/tmp"):
-        r = run_cli(
-            "serve",
-            "--model",
-            str(tiny_qwen),
-            "--adapters-dir",
-            str(adapters_dir),
-            "--adapter",
-            bad,
-            "--dry-run",
-        )
+        r = cli("serve", "--model", tiny_qwen, "--adapters-dir", adapters_dir, "--adapter", bad, "--dry-run")
         assert r.returncode == 2 and r.stderr.startswith("error: "), (bad, r.stderr)
-    r = run_cli(
+    r = cli(
         "serve",
         "--model",
-        str(tiny_qwen),
+        tiny_qwen,
         "--adapter",
         f"lora-r8={adapters_dir / 'lora-r8'}",
         "--engine",
@@ -291,8 +276,24 @@ def test_dry_run_refuses_bad_adapters(adapters_dir, tiny_qwen, tiny_idefics3, tm
         "--dry-run",
     )
     assert r.returncode == 2 and "merge one first" in r.stderr
-    r = run_cli("serve", "--model", str(tiny_qwen), "--engine", "transformers", "--dry-run", "--port", "9")
+    r = cli("serve", "--model", tiny_qwen, "--engine", "transformers", "--dry-run", "--port", "9")
     assert r.returncode == 0 and r.stdout.split()[:3] == ["transformers", "serve", str(tiny_qwen)]
+
+
+def test_serve_compares_base_hashes_not_names(tiny_qwen, tiny_idefics3, tmp_path, monkeypatch):
+    """A relative base recorded elsewhere is not another model's name: the config hashes decide."""
+    monkeypatch.chdir(tmp_path)
+    same = oao_adapter(
+        tiny_qwen, tmp_path / "same", 8, base_name="m", base_config_hash=config_hash(tiny_qwen)
+    )
+    (tmp_path / "m").mkdir()  # a different "m" in this working directory
+    r = cli("serve", "--model", tiny_qwen.resolve(), "--adapter", f"a={same}", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    other = oao_adapter(
+        tiny_qwen, tmp_path / "o", 8, base_name=str(tiny_qwen), base_config_hash=config_hash(tiny_idefics3)
+    )
+    r = cli("serve", "--model", tiny_qwen, "--adapter", f"o={other}", "--dry-run")
+    assert r.returncode == 2 and "config hash" in r.stderr
 
 
 def test_video_url_part_is_a_decodable_mp4(clips, tmp_path):
@@ -320,7 +321,7 @@ def test_video_url_part_is_a_decodable_mp4(clips, tmp_path):
 
 
 def test_vllm_prompt_uses_the_same_template_and_fps(tiny_qwen, clips):
-    """The offline vLLM backend's prompt building runs here (only vllm.LLM itself needs a GPU)."""
+    """The offline vLLM backend's prompt building, without an engine (test_vllm.py runs a real one)."""
     from mevqa.backends.vllm_offline import VLLMBackend, multi_modal_data
     from mevqa.config import FrameConfig
     from mevqa.inputs import load_clip, visual_parts

@@ -14,9 +14,8 @@ from mevqa.config import FrameConfig
 from mevqa.data.megc import read_jsonl
 from mevqa.data.qa import parse_au_codes
 from mevqa.data.synth import MODELLED_AUS, synthesize
-from mevqa.facs import EMOTION_RULES, REGION_ROWS, REGIONS
+from mevqa.facs import EMOTION_RULES, FINE_TO_COARSE, REGION_ROWS, REGIONS
 from mevqa.inputs import flow_field, load_clip, region_motion
-from mevqa.facs import FINE_TO_COARSE
 from mevqa.prompts import classify
 from mevqa.video import open_clip
 

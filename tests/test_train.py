@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import cli, has_gpu, run_cli
+from conftest import cli, has_gpu
 
 from mevqa.backends.base import load_backend
 from mevqa.config import ModelSpec, TrainConfig, from_dict

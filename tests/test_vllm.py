@@ -1,0 +1,312 @@
+"""Real vLLM in the loop: `mevqa serve` starts vLLM's OpenAI server from vLLM's own environment (the CPU
+build here, `make vllm`), and what it answers is what the in-process transformers backend answers.
+
+One server per module (base + two adapters: one named with NAME=PATH, one trained by `mevqa train` and
+served under its folder's name), loopback only. Greedy answers through vLLM equal the in-process ones;
+the offline `--backend vllm` engine equals the server; SIGTERM to `mevqa serve` stops every process it
+started; a server that dies mid-eval leaves error rows that a rerun completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import cli, free_port, make_adapter
+
+from mevqa.data.megc import read_jsonl, row_id
+from mevqa.models.loading import config_hash
+from mevqa.serve import vllm_python
+
+VLLM_PY = vllm_python()
+pytestmark = pytest.mark.skipif(
+    VLLM_PY is None, reason="no vLLM environment: build it with `make vllm` (scripts/vllm-env.sh)"
+)
+# what this 2-core CPU needs: a small KV cache, float32 (the tiny model's dtype), no compilation
+ENGINE = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--max-images", "8"]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (vLLM's API server, engine core and workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for p in pids:
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(p)
+    return out
+
+
+class VLLMServer:
+    """`mevqa serve` (which runs vLLM's server) as a user starts it."""
+
+    def __init__(self, model: Path, adapters: list[str], work: Path):
+        self.model, self.adapters, self.work = model, adapters, work
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 400) -> VLLMServer:
+        args = ["serve", "--model", str(self.model), "--port", str(self.port), *ENGINE]
+        for a in self.adapters:
+            args += ["--adapter", a]
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(self.work / "vllm-cache")}
+        self.log = (self.work / "serve.log").open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mevqa", *args], env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"vLLM did not come up: {(self.work / 'serve.log').read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=120)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_qwen, synthme, tmp_path_factory):
+    """A random LoRA (served as NAME=PATH) and one `mevqa train` trained on 2 frames (served as PATH)."""
+    root = tmp_path_factory.mktemp("vllm-adapters")
+    rand = make_adapter(
+        tiny_qwen,
+        root / "rand-lora",
+        8,
+        {"base_model": str(tiny_qwen), "base_config_hash": config_hash(tiny_qwen)},
+    )
+    r = cli(
+        "train",
+        "--data",
+        synthme / "train.jsonl",
+        "--root",
+        synthme,
+        "--model",
+        tiny_qwen,
+        "--out",
+        root / "trained-lora",
+        "--max-steps",
+        "20",
+        "--frames",
+        "2",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "0.005",
+        "--report-to",
+        "none",
+    )
+    assert r.returncode == 0, r.stderr
+    return {"rand": rand, "trained": root / "trained-lora"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_qwen, adapters, tmp_path_factory):
+    s = VLLMServer(
+        tiny_qwen, [f"rand={adapters['rand']}", str(adapters["trained"])], tmp_path_factory.mktemp("vllm")
+    ).start()
+    yield s
+    s.stop()
+
+
+def evaluate(synthme, tiny_qwen, out, *extra):
+    r = cli(
+        "eval",
+        "--data",
+        synthme / "test.jsonl",
+        "--root",
+        synthme,
+        "--model",
+        tiny_qwen,
+        "--out",
+        out,
+        "--max-new-tokens",
+        "8",
+        *extra,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    preds = {row_id(p): p["answer"] for p in read_jsonl(Path(out) / "predictions.jsonl")}
+    return preds, json.loads((Path(out) / "metrics.json").read_text())["overall"]
+
+
+@pytest.mark.parametrize("adapter", [None, "rand", "trained"])
+def test_vllm_answers_equal_in_process(server, adapters, synthme, tiny_qwen, tmp_path, adapter):
+    """Base, an adapter asked by its NAME, and a trained adapter asked by its folder: the same answers and
+    scores as in-process (8 frames for the base, although the trained adapter recorded 2: the server's
+    image limit covers base requests too)."""
+    local_args = ["--adapter", str(adapters[adapter])] if adapter else []
+    remote_args = ["--adapter", "rand" if adapter == "rand" else str(adapters[adapter])] if adapter else []
+    local, m_local = evaluate(synthme, tiny_qwen, tmp_path / "local", *local_args)
+    remote, m_remote = evaluate(
+        synthme,
+        tiny_qwen,
+        tmp_path / "remote",
+        "--backend",
+        "openai",
+        "--base-url",
+        server.url,
+        "--concurrency",
+        "4",
+        *remote_args,
+    )
+    differ = {k: (local[k], remote[k]) for k in local if local[k] != remote[k]}
+    assert not differ, differ
+    assert {k: v for k, v in m_local.items()} == m_remote
+
+
+def test_offline_vllm_engine_equals_the_server(server, adapters, synthme, tiny_qwen, tmp_path):
+    remote, _ = evaluate(
+        synthme,
+        tiny_qwen,
+        tmp_path / "remote",
+        "--backend",
+        "openai",
+        "--base-url",
+        server.url,
+        "--adapter",
+        str(adapters["trained"]),
+    )
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp_path / "cache")}
+    out = tmp_path / "offline"
+    r = subprocess.run(
+        [
+            VLLM_PY,
+            "-m",
+            "mevqa",
+            "eval",
+            "--data",
+            str(synthme / "test.jsonl"),
+            "--root",
+            str(synthme),
+            "--model",
+            str(tiny_qwen),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "8",
+            "--adapter",
+            str(adapters["trained"]),
+            "--backend",
+            "vllm",
+            *ENGINE,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    offline = {row_id(p): p["answer"] for p in read_jsonl(out / "predictions.jsonl")}
+    assert offline == remote
+
+
+def test_unknown_adapter_is_one_clear_error(server, synthme, tiny_qwen, tmp_path):
+    r = cli(
+        "eval",
+        "--data",
+        synthme / "test.jsonl",
+        "--root",
+        synthme,
+        "--model",
+        tiny_qwen,
+        "--out",
+        tmp_path / "x",
+        "--backend",
+        "openai",
+        "--base-url",
+        server.url,
+        "--adapter",
+        "nope",
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "not served here" in lines[0] and "rand" in lines[0]
+
+
+def test_server_death_mid_eval_then_sigterm_stops_all_and_rerun_completes(
+    server, synthme, tiny_qwen, tmp_path
+):
+    """Runs last: SIGTERM to `mevqa serve` mid-eval stops vLLM's every process; the eval's remaining rows
+    are error rows (exit 1); with the server back, the same command completes them."""
+    out = tmp_path / "run"
+    args = [
+        "eval",
+        "--data",
+        str(synthme / "train.jsonl"),
+        "--root",
+        str(synthme),
+        "--model",
+        str(tiny_qwen),
+        "--out",
+        str(out),
+        "--backend",
+        "openai",
+        "--base-url",
+        server.url,
+        "--concurrency",
+        "1",
+        "--batch-size",
+        "1",
+        "--retries",
+        "1",
+        "--max-errors",
+        "0",
+        "--max-new-tokens",
+        "16",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mevqa", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    pred = out / "predictions.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not pred.exists() or len(pred.read_text().splitlines()) < 4):
+        time.sleep(0.05)
+    family = descendants(server.proc.pid)
+    assert len(family) >= 2, family  # vLLM's API server and its engine core at least
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=120) is not None
+    deadline = time.time() + 60
+    while alive(family) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not alive(family), f"left running after SIGTERM: {alive(family)}"
+    stdout, _ = proc.communicate(timeout=600)
+    total = len(read_jsonl(synthme / "train.jsonl"))
+    rows = read_jsonl(pred)
+    errors = [x for x in rows if x["error"]]
+    assert proc.returncode == 1 and len(rows) == total and 0 < len(errors) < total, stdout
+    server.start()
+    r = cli(*args)
+    assert r.returncode == 0 and f"{len(errors)} answered this run" in r.stdout and ", 0 errors" in r.stdout
