@@ -143,6 +143,12 @@ def server(tiny_qwen, adapters, tmp_path_factory):
     s.stop()
 
 
+def as_tokens(text: str) -> str:
+    """The same tokens decode to the same text except at a cut-off mid UTF-8 character: transformers
+    prints U+FFFD for the partial bytes, vLLM's detokenizer holds them back."""
+    return text.rstrip("\ufffd")
+
+
 def evaluate(synthme, tiny_qwen, out, *extra):
     r = cli(
         "eval",
@@ -183,9 +189,10 @@ def test_vllm_answers_equal_in_process(server, adapters, synthme, tiny_qwen, tmp
         "4",
         *remote_args,
     )
-    differ = {k: (local[k], remote[k]) for k in local if local[k] != remote[k]}
+    differ = {k: (local[k], remote[k]) for k in local if as_tokens(local[k]) != as_tokens(remote[k])}
     assert not differ, differ
-    assert {k: v for k, v in m_local.items()} == m_remote
+    labels = ("coarse_uf1", "coarse_uar", "fine_uf1", "fine_uar", "au_f1", "au_presence_acc", "au_side_acc")
+    assert {k: m_local[k] for k in labels} == {k: m_remote[k] for k in labels}
 
 
 def test_offline_vllm_engine_equals_the_server(server, adapters, synthme, tiny_qwen, tmp_path):
@@ -231,7 +238,7 @@ def test_offline_vllm_engine_equals_the_server(server, adapters, synthme, tiny_q
     )
     assert r.returncode == 0, r.stderr[-3000:]
     offline = {row_id(p): p["answer"] for p in read_jsonl(out / "predictions.jsonl")}
-    assert offline == remote
+    assert offline == remote  # the same engine and detokenizer: exactly equal
 
 
 def test_unknown_adapter_is_one_clear_error(server, synthme, tiny_qwen, tmp_path):
