@@ -1,11 +1,13 @@
-# Two entry points: `make demo` (the offline quickstart) and `make test` (the suite). Each builds .venv.
+# Entry points: `make demo` (the offline quickstart), `make test` (the suite), `make vllm` (vLLM's own
+# environment, which `make test` builds too: the real-vLLM tests run against it).
 VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
 PY := $(VENV)/bin/python
 DEMO := .cache/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint clean
+.PHONY: demo test vllm lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,10 +17,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# vLLM pins its own torch and transformers: it gets a venv of its own (see scripts/vllm-env.sh)
+$(VLLM_VENV)/.installed: scripts/vllm-env.sh pyproject.toml
+	scripts/vllm-env.sh $(VLLM_VENV)
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
 demo: $(VENV)/.installed
 	$(PY) -m mevqa.demo --out $(DEMO)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(VLLM_VENV)/.installed
 	$(PY) -m ruff check --output-format concise mevqa tests app.py
 	$(PY) -m pytest -q
 
@@ -26,4 +35,4 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check mevqa tests app.py && $(PY) -m ruff format --check mevqa tests app.py
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .cache .pytest_cache

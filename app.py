@@ -55,7 +55,11 @@ def default_model() -> tuple[str, str | None, str]:
     path = Path(".cache/app/tiny-qwen2_5_vl")
     if not (path / "config.json").exists():
         build_tiny("qwen2_5_vl", path)
-    return str(path), None, "a tiny random-weight Qwen2.5-VL (answers are noise; run `make demo` to train one)"
+    return (
+        str(path),
+        None,
+        "a tiny random-weight Qwen2.5-VL (answers are noise; run `make demo` to train one)",
+    )
 
 
 def _probe_video(p: Path, limits: UploadLimits) -> None:
@@ -148,10 +152,10 @@ def build_demo(
 
     from mevqa.agent import ClipContext, agent_markdown, hierarchical
     from mevqa.backends.base import VQARequest, load_backend
-    from mevqa.config import INPUT_MODES, FrameConfig, GenConfig, ModelSpec, ServerSpec
+    from mevqa.config import INPUT_MODES, PROMPT_STRATEGIES, FrameConfig, GenConfig, ModelSpec, ServerSpec
     from mevqa.facs import REGION_ROWS
     from mevqa.models.adapters import recorded_settings
-    from mevqa.prompts import PROMPT_STRATEGIES, TEMPLATE_EXAMPLES, Message, render_question
+    from mevqa.prompts import TEMPLATE_EXAMPLES, Message, render_question
 
     notice = f"Model: `{model}`" + (f" + adapter `{adapter}`" if adapter else "")
     if model is None:
@@ -160,7 +164,9 @@ def build_demo(
     recorded = recorded_settings(adapter)
     default_mode = recorded.get("frames", {}).get("input", "frames")  # what the adapter was trained on
     server = ServerSpec(base_url=(base_url,), api_key=api_key) if base_url else ServerSpec()
-    backend = load_backend(ModelSpec(model, adapter, backend="openai" if base_url else "transformers"), server)
+    backend = load_backend(
+        ModelSpec(model, adapter, backend="openai" if base_url else "transformers"), server
+    )
     gen = GenConfig()
     if work_dir:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
@@ -216,7 +222,9 @@ def build_demo(
     with gr.Blocks(title="mevqa — micro-expression VQA") as demo:
         gr.Markdown(f"# mevqa — ask about a micro-expression\n{notice}")
         clip_state = gr.State(None)
-        session = gr.State(None, delete_callback=_remove)  # this user's upload folder, removed with the session
+        session = gr.State(
+            None, delete_callback=_remove
+        )  # this user's upload folder, removed with the session
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
@@ -238,7 +246,9 @@ def build_demo(
                 chat = gr.Chatbot(label="chat", height=420, elem_id="chat")
                 box = gr.Textbox(placeholder="Ask about the clip…", label="question")
                 with gr.Row():
-                    buttons = [gr.Button(q, size="sm") for q in TEMPLATE_EXAMPLES[:4] + TEMPLATE_EXAMPLES[6:7]]
+                    buttons = [
+                        gr.Button(q, size="sm") for q in TEMPLATE_EXAMPLES[:4] + TEMPLATE_EXAMPLES[6:7]
+                    ]
         # decoding runs beside other users' (4 at a time); the model answers one request at a time
         load_io = dict(
             inputs=[upload, example, mode, frames, session],
@@ -282,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--auth", help="user:pass login (default: $MEVQA_AUTH; none if unset)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload (default: 50)")
-    p.add_argument("--work-dir", help="folder for unpacked uploads (default: a temporary folder, removed on exit)")
+    p.add_argument(
+        "--work-dir", help="folder for unpacked uploads (default: a temporary folder, removed on exit)"
+    )
     a = p.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -290,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.base_url and not a.model:
             raise InputError("--base-url — also pass --model (the served model name)")
         limits = UploadLimits(max_mb=a.max_upload_mb)
-        demo = build_demo(a.model, a.adapter, a.base_url, a.api_key or os.environ.get("MEVQA_API_KEY"), limits, a.work_dir)
+        demo = build_demo(
+            a.model, a.adapter, a.base_url, a.api_key or os.environ.get("MEVQA_API_KEY"), limits, a.work_dir
+        )
     except MevqaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
