@@ -26,7 +26,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mevqa.agent import ClipContext, agent_markdown, hierarchical
+from mevqa.backends.base import Backend, VQARequest, load_backend
+from mevqa.config import INPUT_MODES, PROMPT_STRATEGIES, FrameConfig, GenConfig, ModelSpec, ServerSpec
 from mevqa.errors import InputError, MevqaError
+from mevqa.facs import REGION_ROWS
+from mevqa.models.adapters import recorded_settings
+from mevqa.prompts import TEMPLATE_EXAMPLES, Message, render_question
 
 VIDEO_TYPES = [".mp4", ".avi", ".mov", ".mkv", ".webm"]
 FRAME_TYPES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -139,49 +145,21 @@ def _remove(path: str | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def build_demo(
-    model: str | None = None,
-    adapter: str | None = None,
-    base_url: str | None = None,
-    api_key: str | None = None,
-    limits: UploadLimits = UploadLimits(),
-    work_dir: str | Path | None = None,
-):
-    """The app as a gr.Blocks; the model is loaded once here."""
-    import gradio as gr
+class Demo:
+    """What the page's events do: one backend, one generation config, one folder for every upload."""
 
-    from mevqa.agent import ClipContext, agent_markdown, hierarchical
-    from mevqa.backends.base import VQARequest, load_backend
-    from mevqa.config import INPUT_MODES, PROMPT_STRATEGIES, FrameConfig, GenConfig, ModelSpec, ServerSpec
-    from mevqa.facs import REGION_ROWS
-    from mevqa.models.adapters import recorded_settings
-    from mevqa.prompts import TEMPLATE_EXAMPLES, Message, render_question
+    def __init__(self, backend: Backend, limits: UploadLimits, root: Path):
+        self.backend, self.gen, self.limits, self.root = backend, GenConfig(), limits, root
 
-    notice = f"Model: `{model}`" + (f" + adapter `{adapter}`" if adapter else "")
-    if model is None:
-        model, adapter, what = default_model()
-        notice = f"No checkpoint given — running on {what}."
-    recorded = recorded_settings(adapter)
-    default_mode = recorded.get("frames", {}).get("input", "frames")  # what the adapter was trained on
-    server = ServerSpec(base_url=(base_url,), api_key=api_key) if base_url else ServerSpec()
-    backend = load_backend(
-        ModelSpec(model, adapter, backend="openai" if base_url else "transformers"), server
-    )
-    gen = GenConfig()
-    if work_dir:
-        Path(work_dir).mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="mevqa-app-", dir=work_dir))  # this app's; removed when it exits
-    atexit.register(_remove, str(root))
-    examples = sorted(str(p) for p in (DEMO / "synthme" / "frames").glob("*"))[:12]
-
-    def load(file, example, mode, frames, session):
-        session = session or tempfile.mkdtemp(prefix="session-", dir=root)
+    def load(self, file, example, mode, frames, session):
+        """Unpack the upload into a fresh folder of this session; decode the frames and the flow once."""
+        session = session or tempfile.mkdtemp(prefix="session-", dir=self.root)
+        if not (file or example):
+            return None, [], None, "Upload a clip or pick an example.", session
         try:
-            if not (file or example):
-                return None, [], None, "Upload a clip or pick an example.", session
             for old in Path(session).iterdir():  # this session's previous upload
                 shutil.rmtree(old, ignore_errors=True)
-            clip = unpack_upload(file, Path(session), limits) if file else Path(example)
+            clip = unpack_upload(file, Path(session), self.limits) if file else Path(example)
             ctx = ClipContext(str(clip), FrameConfig(frames=int(frames), input=mode))
             images = ctx.images(FrameConfig(frames=int(frames)))
             flow, motion = ctx.flow()
@@ -191,15 +169,16 @@ def build_demo(
         status = f"Loaded `{Path(file or example).name}`: {len(images)} frames; most motion: {top}."
         return ctx, images, flow, status, session
 
-    def _reply(message, ctx, mode, frames, prompt, agent) -> Iterator[str]:
+    def _reply(self, message, ctx, mode, frames, prompt, agent) -> Iterator[str]:
         if agent:
-            yield agent_markdown(hierarchical(backend, ctx, gen))
+            yield agent_markdown(hierarchical(self.backend, ctx, self.gen))
             return
         parts = ctx.parts(FrameConfig(frames=int(frames), input=mode))
         req = VQARequest("app", (Message.user(*parts, render_question(message, prompt)),))
-        yield from backend.stream(req, gen)
+        yield from self.backend.stream(req, self.gen)
 
-    def respond(message, history, ctx, mode, frames, prompt, agent) -> Iterator[tuple[list, str]]:
+    def respond(self, message, history, ctx, mode, frames, prompt, agent) -> Iterator[tuple[list, str]]:
+        """Stream the answer into the chat; a failure is shown in the chat, the app keeps running."""
         history = list(history or [])
         if not message:
             yield history, ""
@@ -210,7 +189,7 @@ def build_demo(
             yield history, ""
             return
         try:
-            for partial in _reply(message, ctx, mode, frames, prompt, agent):
+            for partial in self._reply(message, ctx, mode, frames, prompt, agent):
                 history[-1]["content"] = partial
                 yield history, ""
         except (MevqaError, RuntimeError) as e:
@@ -219,7 +198,11 @@ def build_demo(
             history[-1]["content"] = "(the model gave an empty answer)"
         yield history, ""
 
-    with gr.Blocks(title="mevqa — micro-expression VQA") as demo:
+
+def _layout(demo: Demo, notice: str, recorded: dict):
+    import gradio as gr
+
+    with gr.Blocks(title="mevqa — micro-expression VQA") as blocks:
         gr.Markdown(f"# mevqa — ask about a micro-expression\n{notice}")
         clip_state = gr.State(None)
         session = gr.State(
@@ -228,12 +211,17 @@ def build_demo(
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
-                    label=f"Clip: video or .zip of frames (≤ {limits.max_mb:.0f} MB)",
+                    label=f"Clip: video or .zip of frames (≤ {demo.limits.max_mb:.0f} MB)",
                     file_types=[*VIDEO_TYPES, ".zip"],
                     type="filepath",
                 )
+                examples = sorted(str(p) for p in (DEMO / "synthme" / "frames").glob("*"))[:12]
                 example = gr.Dropdown(examples, label="…or a SynthME example", value=None)
-                mode = gr.Radio(list(INPUT_MODES), value=default_mode, label="input mode")
+                mode = gr.Radio(
+                    list(INPUT_MODES),
+                    value=recorded.get("frames", {}).get("input", "frames"),
+                    label="input mode",
+                )
                 frames = gr.Slider(2, 16, value=8, step=1, label="frames")
                 prompt = gr.Dropdown(
                     list(PROMPT_STRATEGIES), value=recorded.get("prompt", "labels"), label="prompt strategy"
@@ -256,20 +244,44 @@ def build_demo(
             concurrency_limit=4,
             concurrency_id="decode",
         )
-        upload.change(load, **load_io, api_name="load_clip")
-        example.change(load, **load_io, api_visibility="private")
+        upload.change(demo.load, **load_io, api_name="load_clip")
+        example.change(demo.load, **load_io, api_visibility="private")
         chat_io = dict(
             inputs=[box, chat, clip_state, mode, frames, prompt, agent],
             outputs=[chat, box],
             concurrency_limit=1,
             concurrency_id="model",
         )
-        box.submit(respond, **chat_io, api_name="ask")
+        box.submit(demo.respond, **chat_io, api_name="ask")
         for b in buttons:
             b.click(lambda q: q, inputs=b, outputs=box, api_visibility="private").then(
-                respond, **chat_io, api_visibility="private"
+                demo.respond, **chat_io, api_visibility="private"
             )
-    return demo
+    return blocks
+
+
+def build_demo(
+    model: str | None = None,
+    adapter: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    limits: UploadLimits = UploadLimits(),
+    work_dir: str | Path | None = None,
+):
+    """The app as a gr.Blocks; the model is loaded once here."""
+    notice = f"Model: `{model}`" + (f" + adapter `{adapter}`" if adapter else "")
+    if model is None:
+        model, adapter, what = default_model()
+        notice = f"No checkpoint given — running on {what}."
+    server = ServerSpec(base_url=(base_url,), api_key=api_key) if base_url else ServerSpec()
+    backend = load_backend(
+        ModelSpec(model, adapter, backend="openai" if base_url else "transformers"), server
+    )
+    if work_dir:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="mevqa-app-", dir=work_dir))  # this app's; removed when it exits
+    atexit.register(_remove, str(root))
+    return _layout(Demo(backend, limits, root), notice, recorded_settings(adapter))
 
 
 def parse_auth(auth: str | None) -> tuple[str, str] | None:

@@ -227,3 +227,7 @@ def served_qwen(tiny_qwen, tmp_path_factory):
     server = TransformersServer(tiny_qwen, free_port(), tmp_path_factory.mktemp("hfcache")).start()
     yield server
     server.stop()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-snapshots", action="store_true", help="rewrite tests/snapshots/ from the code")

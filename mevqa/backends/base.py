@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from mevqa.config import BACKEND_NAMES, GenConfig, ModelSpec, ServerSpec, VLLMSpec
-from mevqa.errors import InputError, MissingDependency
+from mevqa.errors import InputError, MissingDependency, ModelError
 from mevqa.prompts import Message
 
 
@@ -76,6 +76,20 @@ class Backend(Protocol):
         if ans.error:
             raise RuntimeError(ans.error)
         yield ans.text
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """A CUDA out-of-memory (torch.OutOfMemoryError), the CPU allocator's failure or Python's MemoryError."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or any(m in text for m in ("out of memory", "can't allocate memory"))
+
+
+def oom_error(questions: int) -> ModelError:
+    """Out of memory is a setting to change, not a failed answer: the run stops and says what to try."""
+    return ModelError(
+        f"out of memory answering {questions} questions at once — lower --batch-size "
+        f"(try {max(1, questions // 2)}) or --frames"
+    )
 
 
 # name -> "module:Class"; imported only when chosen, so optional packages stay optional.

@@ -20,7 +20,7 @@ import torch
 import transformers
 from transformers import ProcessorMixin, TextIteratorStreamer
 
-from mevqa.backends.base import Answer, Backend, VQARequest
+from mevqa.backends.base import Answer, Backend, VQARequest, oom_error, out_of_memory
 from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import ModelError
 from mevqa.models.adapters import attach_adapter
@@ -166,7 +166,7 @@ class TransformersBackend(Backend):
         prefix (masked), so the vision tower and the long multimodal prefill run once instead of K times.
         """
         prefix = self._to_device(job.inputs)
-        cache = self.model(**prefix, use_cache=True).past_key_values
+        cache = getattr(self.model(**prefix, use_cache=True), CACHE_KW)
         pad = self.processor.tokenizer.pad_token_id
         k, p, s = len(job.suffixes), prefix["input_ids"].shape[1], max(map(len, job.suffixes))
         ids = torch.full((k, p + s), pad, dtype=torch.long, device=self.device)
@@ -196,12 +196,9 @@ class TransformersBackend(Backend):
                 run = self._run_shared if job.suffixes else self._run_plain
                 for i, t in zip(job.rows, run(job, gen)):
                     texts[i] = t
-        except torch.OutOfMemoryError:
-            raise ModelError(
-                f"out of memory answering {len(prepared.requests)} questions at once — lower --batch-size "
-                f"(try {max(1, len(prepared.requests) // 2)}) or --frames"
-            ) from None
-        except (ValueError, RuntimeError) as e:
+        except (ValueError, RuntimeError, MemoryError) as e:
+            if out_of_memory(e):
+                raise oom_error(len(prepared.requests)) from None
             if len(prepared.requests) == 1:
                 log.warning("request %s failed: %s", prepared.requests[0].id, e)
                 return [Answer(prepared.requests[0].id, "", error=f"{type(e).__name__}: {e}"[:300])]

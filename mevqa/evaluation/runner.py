@@ -26,7 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from mevqa import __version__
-from mevqa.backends.base import Answer, Backend, VQARequest, load_backend
+from mevqa.backends.base import Answer, Backend, VQARequest, load_backend, oom_error, out_of_memory
 from mevqa.config import EvalConfig, to_dict
 from mevqa.data.megc import clip_key, is_test_rows, read_jsonl, row_id, write_jsonl
 from mevqa.errors import InputError, MevqaError
@@ -233,7 +233,12 @@ class Answerer:
                 rows += g
             except MevqaError as e:
                 failed += [(r, Answer(row_id(r), "", error=str(e))) for r in g]
-        return Batch(rows, self.backend.prepare(reqs, self.cfg.gen) if reqs else None, failed)
+        try:
+            return Batch(rows, self.backend.prepare(reqs, self.cfg.gen) if reqs else None, failed)
+        except (MemoryError, RuntimeError) as e:  # the processor's arrays for a batch too large
+            if out_of_memory(e):
+                raise oom_error(len(reqs)) from None
+            raise
 
     def run(self, batch: Batch) -> list[tuple[dict, Answer]]:
         answers = self.backend.run(batch.prepared, self.cfg.gen) if batch.rows else []

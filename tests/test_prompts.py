@@ -1,0 +1,42 @@
+"""Prompt snapshots: the exact chat-template text the model sees for every MEGC template x prompt strategy.
+
+A prompt change is never silent: it shows up here as a diff to review, and the resume fingerprint
+changes with it. After a deliberate change: `pytest tests/test_prompts.py --update-snapshots`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from mevqa.config import PROMPT_STRATEGIES
+from mevqa.facs import COARSE_LABELS
+from mevqa.models.loading import load_processor
+from mevqa.prompts import TEMPLATE_EXAMPLES, Message, prompt_fingerprint, render_question, to_hf
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "prompts.json"
+
+
+def rendered(processor) -> dict[str, str]:
+    image = Image.new("RGB", (56, 56))
+    out = {}
+    for q in TEMPLATE_EXAMPLES:
+        for strategy in PROMPT_STRATEGIES:
+            for coarse in (None, *COARSE_LABELS) if strategy == "hierarchical" else (None,):
+                chat, _, _ = to_hf([Message.user(image, image, render_question(q, strategy, coarse))])
+                text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+                out[f"{strategy}/{coarse or '-'} | {q}"] = text
+    return out
+
+
+def test_prompt_snapshots(tiny_qwen, request):
+    now = rendered(load_processor(str(tiny_qwen)))
+    now["fingerprints"] = {s: prompt_fingerprint(s) for s in PROMPT_STRATEGIES}  # type: ignore[assignment]
+    if request.config.getoption("--update-snapshots") or not SNAPSHOT.exists():
+        SNAPSHOT.write_text(json.dumps(now, indent=1, ensure_ascii=False) + "\n")
+    before = json.loads(SNAPSHOT.read_text())
+    changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    assert not changed, f"prompts changed (review, then --update-snapshots): {changed[:5]}"
+    assert len(now) == len(TEMPLATE_EXAMPLES) * (len(PROMPT_STRATEGIES) + len(COARSE_LABELS)) + 1
