@@ -131,7 +131,33 @@ def adapters(tiny_qwen, synthme, tmp_path_factory):
         "none",
     )
     assert r.returncode == 0, r.stderr
-    return {"rand": rand, "trained": root / "trained-lora"}
+    r = cli(
+        "train",
+        "--data",
+        synthme / "train.jsonl",
+        "--root",
+        synthme,
+        "--model",
+        tiny_qwen,
+        "--out",
+        root / "q-lora",
+        "--max-steps",
+        "10",
+        "--frames",
+        "2",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "0.005",
+        "--report-to",
+        "none",
+        "--method",
+        "qlora",
+    )
+    assert r.returncode == 0, r.stderr
+    return {"rand": rand, "trained": root / "trained-lora", "qlora": root / "q-lora"}
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +195,15 @@ def evaluate(synthme, tiny_qwen, out, *extra):
     return preds, json.loads((Path(out) / "metrics.json").read_text())["overall"]
 
 
-@pytest.mark.parametrize("adapter", [None, "rand", "trained"])
+@pytest.mark.parametrize("adapter", [None, "rand", "trained", "qlora"])
 def test_vllm_answers_equal_in_process(server, adapters, synthme, tiny_qwen, tmp_path, adapter):
-    """Base, an adapter asked by its NAME, and a trained adapter asked by its folder: the same answers and
-    scores as in-process (8 frames for the base, although the trained adapter recorded 2: the server's
-    image limit covers base requests too)."""
+    """Base, adapters asked by their NAME, a trained adapter asked by its folder, and a QLoRA adapter on the
+    unquantized base (its usual deployment): the same answers and label scores as in-process (8 frames for
+    the base, although the trained adapters recorded 2: the server's image limit covers base requests)."""
     local_args = ["--adapter", str(adapters[adapter])] if adapter else []
-    remote_args = ["--adapter", "rand" if adapter == "rand" else str(adapters[adapter])] if adapter else []
+    remote_args = (
+        ["--adapter", str(adapters[adapter]) if adapter == "trained" else adapter] if adapter else []
+    )
     local, m_local = evaluate(synthme, tiny_qwen, tmp_path / "local", *local_args)
     remote, m_remote = evaluate(
         synthme,

@@ -7,8 +7,8 @@ and every sheet goes through the one QA builder (`qa.build_rows`) that SynthME u
 from __future__ import annotations
 
 import csv
-import zipfile
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

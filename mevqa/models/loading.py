@@ -129,6 +129,9 @@ def quantization(spec: ModelSpec, device: str) -> Any:
         bnb_4bit_use_double_quant=spec.double_quant,
         bnb_4bit_compute_dtype=pick_dtype(device, spec.dtype),
         bnb_4bit_quant_storage=torch.uint8,
+        # the vision tower, its projector and the output head stay in full precision (the usual QLoRA
+        # recipe for VLMs: they are small, and bitsandbytes' CPU kernels need in_features >= 64)
+        llm_int8_skip_modules=["model.visual", "model.vision_model", "model.vision_tower", "model.connector", "lm_head"],
     )
 
 
