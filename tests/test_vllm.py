@@ -163,7 +163,9 @@ def adapters(tiny_qwen, synthme, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_qwen, adapters, tmp_path_factory):
     s = VLLMServer(
-        tiny_qwen, [f"rand={adapters['rand']}", str(adapters["trained"])], tmp_path_factory.mktemp("vllm")
+        tiny_qwen,
+        [f"rand={adapters['rand']}", str(adapters["trained"]), f"qlora={adapters['qlora']}"],
+        tmp_path_factory.mktemp("vllm"),
     ).start()
     yield s
     s.stop()
