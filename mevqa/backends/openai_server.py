@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +25,20 @@ from mevqa.models.adapters import served_name
 from mevqa.prompts import to_openai
 
 log = logging.getLogger(__name__)
+
+
+def served_folder(base_url: str, adapter: str, api_key: str | None = None) -> str | None:
+    """The folder a server loaded adapter NAME from (vLLM lists it as the module's `root`), if readable
+    here: so `--adapter NAME` takes the adapter's recorded frame settings as `--adapter PATH` does."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        models = (
+            httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=10).json().get("data", [])
+        )
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None  # the backend's own check says what is wrong, with the URL
+    root = next((m.get("root") for m in models if m.get("id") == adapter and m.get("parent")), None)
+    return root if root and Path(root, "adapter_config.json").is_file() else None
 
 
 class HTTPStatusError(Exception):

@@ -91,3 +91,20 @@ def load_settings(ns: argparse.Namespace, cls: type[T], command: str, defaults: 
     if defaults:
         values = merge(expand(cls, defaults(values)), values)
     return from_dict(cls, values, config or f"mevqa {command}")
+
+
+def adapter_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """The frame settings and prompt an adapter recorded (`mevqa.yaml`): the defaults of the commands that
+    answer with it. A served adapter NAME is traced to its folder through the server's model list."""
+    import os
+
+    from mevqa.models.adapters import recorded_settings
+
+    model, server = values.get("model", {}), values.get("server", {})
+    adapter = model.get("adapter")
+    if adapter and model.get("backend") == "openai" and server.get("base_url") and not os.path.isdir(adapter):
+        from mevqa.backends.openai_server import served_folder
+
+        api_key = server.get("api_key") or os.environ.get("MEVQA_API_KEY")
+        adapter = served_folder(server["base_url"][0], adapter, api_key) or adapter
+    return recorded_settings(adapter)

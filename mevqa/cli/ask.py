@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mevqa.cli._args import add_settings, load_settings
+from mevqa.cli._args import adapter_defaults, add_settings, load_settings
 from mevqa.config import AskConfig
 from mevqa.errors import MevqaError
 
@@ -21,11 +21,7 @@ CHAT_HELP = (
 
 def _settings(a: argparse.Namespace, command: str) -> AskConfig:
     """Flags, with the adapter's recorded frame settings and prompt as defaults."""
-    from mevqa.models.adapters import recorded_settings
-
-    return load_settings(
-        a, AskConfig, command, lambda v: recorded_settings(v.get("model", {}).get("adapter"))
-    )
+    return load_settings(a, AskConfig, command, adapter_defaults)
 
 
 def cmd_ask(a: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from mevqa.cli._args import add_settings, load_settings
+from mevqa.cli._args import adapter_defaults, add_settings, load_settings
 from mevqa.config import EvalConfig
 from mevqa.errors import InputError
 
@@ -15,10 +15,9 @@ from mevqa.errors import InputError
 def cmd_eval(a: argparse.Namespace) -> int:
     from mevqa.evaluation.report import format_table
     from mevqa.evaluation.runner import run_eval
-    from mevqa.models.adapters import recorded_settings
 
     # the adapter's recorded frame settings and prompt, unless the YAML or a flag sets them
-    cfg = load_settings(a, EvalConfig, "eval", lambda v: recorded_settings(v.get("model", {}).get("adapter")))
+    cfg = load_settings(a, EvalConfig, "eval", adapter_defaults)
     summary = run_eval(cfg)
     c, run = summary["counts"], summary["run"]
     print(

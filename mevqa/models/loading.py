@@ -22,6 +22,14 @@ from mevqa.errors import InputError, MissingDependency, ModelError
 
 log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# modules a 4-bit load keeps in full precision (Qwen2.5-VL's and Idefics3's names)
+FULL_PRECISION_MODULES = [
+    "model.visual",
+    "model.vision_model",
+    "model.vision_tower",
+    "model.connector",
+    "lm_head",
+]
 
 
 def pick_device(device: str = "auto") -> str:
@@ -131,7 +139,7 @@ def quantization(spec: ModelSpec, device: str) -> Any:
         bnb_4bit_quant_storage=torch.uint8,
         # the vision tower, its projector and the output head stay in full precision (the usual QLoRA
         # recipe for VLMs: they are small, and bitsandbytes' CPU kernels need in_features >= 64)
-        llm_int8_skip_modules=["model.visual", "model.vision_model", "model.vision_tower", "model.connector", "lm_head"],
+        llm_int8_skip_modules=FULL_PRECISION_MODULES,
     )
 
 
