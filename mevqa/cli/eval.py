@@ -19,6 +19,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     # the adapter's recorded frame settings and prompt, unless the YAML or a flag sets them
     cfg = load_settings(a, EvalConfig, "eval", adapter_defaults)
     summary = run_eval(cfg)
+    if summary is None:  # another process of a multi-process run: the main one reports
+        return 0
     c, run = summary["counts"], summary["run"]
     print(
         f"{c['n']} questions, {c['answered']} answered, {c['errors']} errors; "

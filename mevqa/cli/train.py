@@ -23,6 +23,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if (out / "adapter_config.json").exists() and not cfg.resume and not cfg.overwrite:
         raise InputError(f"--out {out} — already holds an adapter; pass --resume or --overwrite")
     metrics = train(cfg)
+    if metrics is None:  # another process of a multi-process run: the main one reports
+        return 0
     best = metrics.get("best_held_out_coarse_uf1")
     loss = metrics["train_loss"][-1][1] if metrics.get("train_loss") else float("nan")
     print(

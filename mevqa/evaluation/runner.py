@@ -314,54 +314,121 @@ def answer_all(
 
 
 # ---------------------------------------------------------------- the whole run
-def run_eval(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any]:
-    """Answer, write predictions / submissions / metrics / report; returns a summary for the CLI."""
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of an eval under `accelerate launch` / torchrun: whole clips (a clip's
+    questions stay together for the shared prefix), round-robin; each process appends to its own part
+    file and the main process merges them."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls, device: str = "auto") -> Shard:
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            return cls()
+        from accelerate import PartialState  # starts the process group (gloo on CPU, nccl on GPUs)
+
+        state = PartialState(cpu=pick_device(device) == "cpu")  # without cpu=True it stays 1 process
+        return cls(state.process_index, state.num_processes)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def take(self, rows: list[dict]) -> list[dict]:
+        return [r for g in _groups(rows)[self.rank :: self.world] for r in g]
+
+    def part(self, out: Path) -> Path:
+        return out / (f"predictions.rank{self.rank}.jsonl" if self.world > 1 else "predictions.jsonl")
+
+    def device(self, device: str) -> str:
+        """Under several processes each takes its own GPU (`auto` would put them all on cuda:0)."""
+        if self.world < 2 or device != "auto":
+            return device
+        from accelerate import PartialState
+
+        return str(PartialState().device)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+
+
+def prediction_files(out: Path) -> list[Path]:
+    """The merged file and any process's part file (a killed run of any process count leaves some)."""
+    return [out / "predictions.jsonl", *sorted(out.glob("predictions.rank*.jsonl"))]
+
+
+def run_eval(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any] | None:
+    """Answer, write predictions / submissions / metrics / report; returns a summary for the CLI
+    (None in the other processes of a multi-process run: the main one writes and reports)."""
     all_rows = read_jsonl(cfg.data)
     rows = all_rows[: cfg.limit] if cfg.limit else all_rows
     if cfg.root and not Path(cfg.root).is_dir():
         raise InputError(f"--root {cfg.root} — no such folder")
-    out = Path(cfg.out)
+    out, shard = Path(cfg.out), Shard.current(cfg.model.device)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} — is a file, not a folder")
-    lock = FolderLock(out)
+    lock = FolderLock(out) if shard.main else None
     try:
-        t0 = time.perf_counter()
-        backend = backend or load_backend(cfg.model, cfg.server, cfg.vllm)
-        sett = settings(cfg, backend)
-        fp = fingerprint(sett)
-        pred_path = out / "predictions.jsonl"
-        if cfg.overwrite and pred_path.exists():
-            pred_path.unlink()
-        repair_tail(pred_path)
-        done = load_done(pred_path, fp)
-        pending = [r for r in rows if row_id(r) not in done]
-        log.info("%d questions, %d already answered with these settings", len(rows), len(rows) - len(pending))
-        writer = PredictionWriter(pred_path)
-        t1 = time.perf_counter()
-        try:
-            answer_all(cfg, backend, pending, writer, fp)
-        finally:
-            writer.close()
-            t2 = time.perf_counter()
-            compact(pred_path, all_rows)
-        return write_run_outputs(cfg, rows, pred_path, fp, sett, _timing(t0, t1, t2, len(pending)))
+        if shard.main and cfg.overwrite:
+            for f in prediction_files(out):
+                f.unlink(missing_ok=True)
+        shard.barrier()
+        return _answer_and_write(cfg, backend, shard, all_rows, rows)
     finally:
-        lock.release()
+        if lock:
+            lock.release()
 
 
-def compact(pred_path: Path, all_rows: list[dict]) -> list[dict]:
-    """One row per question (the latest), in the data file's order; rows of other ids are kept after.
+def _answer_and_write(
+    cfg: EvalConfig, backend: Backend | None, shard: Shard, all_rows: list[dict], rows: list[dict]
+) -> dict[str, Any] | None:
+    t0, out = time.perf_counter(), Path(cfg.out)
+    model = dataclasses.replace(cfg.model, device=shard.device(cfg.model.device))
+    backend = backend or load_backend(model, cfg.server, cfg.vllm)
+    sett = settings(cfg, backend)
+    fp = fingerprint(sett)
+    part = shard.part(out)
+    repair_tail(part)
+    done = {k: v for f in prediction_files(out) for k, v in load_done(f, fp).items()}
+    pending = [r for r in rows if row_id(r) not in done]
+    log.info("%d questions, %d already answered with these settings", len(rows), len(rows) - len(pending))
+    writer = PredictionWriter(part)
+    t1 = time.perf_counter()
+    try:
+        answer_all(cfg, backend, shard.take(pending), writer, fp, progress=shard.main)
+    finally:
+        writer.close()
+        t2 = time.perf_counter()
+        shard.barrier()
+        if shard.main:
+            compact(out, all_rows)
+    if not shard.main:
+        return None
+    return write_run_outputs(
+        cfg, rows, out / "predictions.jsonl", fp, sett, _timing(t0, t1, t2, len(pending))
+    )
 
-    Questions this run did not ask (a `--limit`) keep their earlier answers.
-    """
+
+def compact(out: Path, all_rows: list[dict]) -> list[dict]:
+    """Merge the part files into predictions.jsonl: one row per question (the latest), in the data file's
+    order; rows of other ids are kept after. Questions this run did not ask (a `--limit`) keep theirs."""
     latest: dict[str, dict] = {}
-    for r in read_predictions(pred_path):
-        latest[row_id(r)] = r
+    files = prediction_files(out)
+    for f in files:
+        for r in read_predictions(f):
+            latest[row_id(r)] = r
     order = [row_id(r) for r in all_rows]
     known = set(order)
     preds = [latest[i] for i in dict.fromkeys(order) if i in latest]
     preds += [r for i, r in latest.items() if i not in known]
-    write_jsonl(pred_path, preds)
+    write_jsonl(out / "predictions.jsonl", preds)
+    for f in files[1:]:
+        f.unlink()
     return preds
 
 

@@ -36,7 +36,7 @@ from mevqa.models.adapters import base_id
 from mevqa.models.loading import config_hash, load_processor, pick_device
 from mevqa.prompts import classify
 from mevqa.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from mevqa.train.data import AnswerOnlyCollator, QADataset
+from mevqa.train.data import IGNORE, AnswerOnlyCollator, QADataset
 from mevqa.train.model import build_model
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ class Trainer:
             cpu=pick_device(cfg.model.device) == "cpu",
             log_with=tracker,
             project_dir=str(self.out),
+            # one schedule step per optimizer step: accelerate would otherwise step it once per process
+            step_scheduler_with_optimizer=False,
         )
         set_seed(cfg.seed)
         self.processor = load_processor(cfg.model.model, cfg.model.trust_remote_code)
@@ -124,7 +126,7 @@ class Trainer:
     def unwrapped(self) -> torch.nn.Module:
         return self.acc.unwrap_model(self.model)
 
-    def run(self) -> dict:
+    def run(self) -> dict | None:
         """Train to `total` steps, then write the adapter folder; returns the metrics."""
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -157,15 +159,16 @@ class Trainer:
         running: list[float] = []
         for batch in self._loader():
             with self.acc.accumulate(self.model):
-                loss = self.model(**batch).loss
+                loss = self._loss(batch)
                 self.acc.backward(loss)
                 if self.acc.sync_gradients:
                     self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
+                self.optimizer.step()  # a no-op between accumulation steps
+                if self.acc.sync_gradients:
+                    self.scheduler.step()
                 self.optimizer.zero_grad()
             self.state["micro"] += 1
-            running.append(loss.item())
+            running.append(loss.item() / self.acc.num_processes)
             if self.acc.sync_gradients:
                 self._after_step(sum(running) / len(running))
                 running = []
@@ -173,9 +176,22 @@ class Trainer:
                     return False
         return True
 
+    def _loss(self, batch: dict) -> torch.Tensor:
+        """The loss over the *global* batch's answer tokens, whatever the number of processes.
+
+        Each process divides its token-loss sum by the answer tokens of every process together, times the
+        process count (DDP averages gradients): 2 processes x batch B train exactly like 1 x batch 2B,
+        instead of averaging per-process means that weigh short and long answers differently.
+        """
+        if self.acc.num_processes == 1:
+            return self.model(**batch).loss
+        tokens = (batch["labels"][:, 1:] != IGNORE).sum()
+        total = self.acc.gather(tokens.reshape(1)).sum()
+        return self.model(**batch, num_items_in_batch=total).loss * self.acc.num_processes
+
     def _after_step(self, loss: float) -> None:
-        # every process's loss, averaged: the curve of the global batch, comparable across process counts
-        loss = self.acc.reduce(torch.tensor(loss, device=self.acc.device), "mean").item()
+        # every process's share of the global-batch loss, summed: the same curve at any process count
+        loss = self.acc.reduce(torch.tensor(loss, device=self.acc.device), "sum").item()
         s = self.state
         s["step"] += 1
         s["losses"].append((s["step"], loss))
@@ -202,13 +218,13 @@ class Trainer:
             step=self.state["step"],
         )
 
-    def finish(self) -> dict:
+    def finish(self) -> dict | None:
         """Final held-out score, then the adapter (or full model) folder with its recipe and metrics."""
         self.evaluate()
         self.acc.wait_for_everyone()
         self.acc.end_training()
         if not self.acc.is_main_process:
-            return self.state
+            return None
         cfg, out = self.cfg, self.out
         self.unwrapped.save_pretrained(out)  # peft: adapter_config.json + adapter_model.safetensors
         if cfg.method == "full":
@@ -229,6 +245,7 @@ class Trainer:
         return metrics
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train, checkpoint, evaluate held-out data, and write the adapter folder."""
+def train(cfg: TrainConfig) -> dict | None:
+    """Train, checkpoint, evaluate held-out data, and write the adapter folder; the metrics (None in the
+    other processes of a multi-process run)."""
     return Trainer(cfg).run()
