@@ -6,6 +6,7 @@ alternating, and reports the ratio; absolute times are printed for context only.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -242,6 +243,43 @@ def bench_server(
     }
 
 
+def bench_flow(work: Path, clips: int = 48, size: int = 112, repeat: int = 1) -> dict:
+    """Farneback vs TV-L1: seconds per clip (onset -> apex) and how often the most-moving facial band is
+    one the clip's AUs move (SynthME knows the truth)."""
+    from mevqa.data.qa import parse_au_codes
+    from mevqa.facs import REGION_ROWS, REGIONS
+    from mevqa.inputs import flow_field, load_clip, region_motion
+
+    root = synthesize(work / "flow", subjects=max(1, clips // 6), clips_per_subject=6, size=size, seed=3)
+    with open(root / "annotations.csv") as f:
+        ann = list(csv.DictReader(f))
+    pairs = [
+        load_clip(
+            root / "frames" / a["clip"],
+            FrameConfig(input="flow"),
+            int(a["onset"]),
+            int(a["apex"]),
+            int(a["offset"]),
+        ).frames[:2]
+        for a in ann
+    ]
+    truth = [{r for x in parse_au_codes(a["aus"]) for r in REGIONS[x.number]} for a in ann]
+    out: dict[str, Any] = {"clips": len(ann), "size": size, "seconds_per_clip": {}, "au_region_hit_rate": {}}
+    for method in ("farneback", "tvl1"):
+
+        def flows(m: str = method) -> list:
+            return [flow_field(o, a, m) for o, a in pairs]
+
+        t = timeit(flows, repeat) / len(pairs)
+        hits = sum(max(REGION_ROWS, key=region_motion(f).get) in regs for f, regs in zip(flows(), truth))
+        out["seconds_per_clip"][method] = t
+        out["au_region_hit_rate"][method] = hits / len(pairs)
+    out["ratios"] = {
+        "tvl1 time / farneback time": out["seconds_per_clip"]["tvl1"] / out["seconds_per_clip"]["farneback"]
+    }
+    return out
+
+
 def environment() -> dict:
     import torch
     import transformers
@@ -308,13 +346,14 @@ def _run(
     results: dict[str, Any] = {"environment": {**environment(), "torch_threads": torch.get_num_threads()}}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        wl = workload(work, model, clips, size) if set(names) - {"sampling"} else None
+        wl = workload(work, model, clips, size) if set(names) - {"sampling", "flow"} else None
         table: dict[str, Callable[[], dict]] = {
             "sampling": lambda: bench_sampling(work, video_seconds, video_size, repeat=repeat),
             "reuse": lambda: bench_reuse(wl, repeat),
             "overhead": lambda: bench_overhead(wl, repeat),
             "batching": lambda: bench_batching(wl, repeat=repeat),
             "server": lambda: bench_server(wl, base_url or "", repeat=repeat),
+            "flow": lambda: bench_flow(work, repeat=repeat),
         }
         for n in names:
             results[n] = table[n]()
@@ -324,16 +363,22 @@ def _run(
 
 
 def format_results(results: dict) -> str:
+    """Every numeric table of every benchmark, one line a value; ratios marked with x."""
     lines = []
     for name, r in results.items():
         if name == "environment":
             continue
         lines.append(f"== {name}")
-        for key in ("seconds", "questions_per_second"):
-            for k, v in r.get(key, {}).items():
-                lines.append(f"  {k:<48} {v:10.4f} {'s' if key == 'seconds' else 'q/s'}")
-        for k, v in r.get("ratios", {}).items():
-            lines.append(f"  {k:<48} {v:10.2f}x")
+        for key, table in r.items():
+            if isinstance(table, dict):
+                unit = (
+                    "x" if key == "ratios" else {"seconds": "s", "questions_per_second": "q/s"}.get(key, "")
+                )
+                lines += [
+                    f"  {key + ': ' + str(k):<60} {v:10.4f} {unit}"
+                    for k, v in table.items()
+                    if isinstance(v, int | float)
+                ]
         if "target" in r:
             lines.append(f"  target: {r['target']}")
     return "\n".join(lines)

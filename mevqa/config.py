@@ -413,6 +413,26 @@ class TrainConfig(Settings):
         )
 
 
+@dataclass(frozen=True)
+class CVConfig(TrainConfig):
+    """`mevqa cv`: subject-independent cross-validation with a training recipe (the same keys as train).
+
+    Attributes:
+        folds: loso (leave one subject out) or N (subject-grouped k-fold, balanced by question count).
+        fold_seed: seed of the split (written to folds.json and reused on every rerun).
+        eval_batch_size: questions per batch when a fold's held-out subjects are answered.
+    """
+
+    folds: str = "5"
+    fold_seed: int = 0
+    eval_batch_size: int = setting(8, min=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.folds != "loso" and not (self.folds.isdigit() and int(self.folds) >= 2):
+            raise InputError(f"folds = {self.folds!r} — use loso or a number of folds of at least 2")
+
+
 # ---------------------------------------------------------------- dicts and YAML
 T = TypeVar("T")
 

@@ -108,7 +108,10 @@ def test_apex_moves_only_in_the_au_region(synthme):
         assert ratio > 2, (a["clip"], a["aus"], ratio)
 
 
-def test_flow_peaks_in_the_au_region(synthme):
+# measured on 48 clips (`mevqa bench flow`): Farneback 0.90, TV-L1 0.71 (its smoothing spreads a few-pixel
+# movement beyond its band more often); 12 clips here
+@pytest.mark.parametrize("method,rate", [("farneback", 0.85), ("tvl1", 0.65)])
+def test_flow_peaks_in_the_au_region(synthme, method, rate):
     hits, clips = 0, annotations(synthme)
     for a in clips:
         c = load_clip(
@@ -118,10 +121,10 @@ def test_flow_peaks_in_the_au_region(synthme):
             int(a["apex"]),
             int(a["offset"]),
         )
-        motion = region_motion(flow_field(c.frames[0], c.frames[1]))
+        motion = region_motion(flow_field(c.frames[0], c.frames[1], method))
         regions = {r for x in parse_au_codes(a["aus"]) for r in REGIONS[x.number]}
         hits += max(BANDS, key=motion.get) in regions
-    assert hits >= 0.85 * len(clips), f"flow peaked in the AU's region for {hits}/{len(clips)} clips"
+    assert hits >= rate * len(clips), f"{method} flow peaked in the AU's region for {hits}/{len(clips)} clips"
 
 
 @pytest.mark.parametrize("mode", ["flow", "oao", "diff"])

@@ -33,7 +33,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         description="sampling: sparse vs full decode; reuse: per-clip reuse in eval; overhead: harness vs "
         "bare generate; batching: batch 1/4/16; server: in-process vs a server; all: all but server.",
     )
-    p.add_argument("name", choices=("sampling", "reuse", "overhead", "batching", "server", "all"))
+    p.add_argument("name", choices=("sampling", "reuse", "overhead", "batching", "server", "flow", "all"))
     p.add_argument("--base-url", help="for `server`: an OpenAI-compatible server serving --model")
     p.add_argument("--out", help="folder for <name>.json")
     p.add_argument(

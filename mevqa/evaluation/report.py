@@ -172,7 +172,7 @@ def _worst(preds: list[dict], k: int = 10) -> list[dict]:
     ]
 
 
-def _confusions(rows: list[dict], answers: dict[str, str | None], out: Path) -> list[Path]:
+def confusions(rows: list[dict], answers: dict[str, str | None], out: Path) -> list[Path]:
     paths = []
     for qtype, labels in (("coarse", COARSE_LABELS), ("fine", FINE_LABELS)):
         pairs = [
@@ -209,7 +209,7 @@ def write_outputs(
         metrics["run"] = run
         metrics["settings"] = settings
         files.append(write_json(out / "metrics.json", metrics))
-        files += _confusions(rows, answers, out)
+        files += confusions(rows, answers, out)
     counts = {
         "n": len(rows),
         "answered": sum(v is not None for v in answers.values()),
