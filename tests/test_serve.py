@@ -341,3 +341,26 @@ def test_vllm_prompt_uses_the_same_template_and_fps(tiny_qwen, clips):
             assert frames.shape[0] == 4 and meta["fps"] == 2.0 and p["mm_processor_kwargs"]["fps"] == 2.0
             assert p["prompt"].count("<|video_pad|>") == 1
     assert multi_modal_data([], []) == ({}, {})
+
+
+def test_samples_through_a_server_that_ignores_n(served_qwen, tiny_qwen, synthme):
+    """transformers serve answers `n` with one choice: the backend asks once per remaining sample."""
+    clip = str(sorted((synthme / "frames").iterdir())[0])
+    r = cli(
+        "ask",
+        clip,
+        Q,
+        "--model",
+        tiny_qwen,
+        "--json",
+        "--samples",
+        "3",
+        "--temperature",
+        "1.5",
+        "--backend",
+        "openai",
+        "--base-url",
+        served_qwen.url,
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["samples"]) == 3

@@ -41,6 +41,10 @@ def served_folder(base_url: str, adapter: str, api_key: str | None = None) -> st
     return root if root and Path(root, "adapter_config.json").is_file() else None
 
 
+class RequestFailed(Exception):
+    """A request that failed for good (4xx, or 5xx / no connection after the retries)."""
+
+
 class HTTPStatusError(Exception):
     def __init__(self, status: int, body: str):
         super().__init__(f"HTTP {status}: {body[:300]}")
@@ -107,7 +111,7 @@ class OpenAIBackend(Backend):
             served += r.json().get("data", [])
         return served
 
-    def _payload(self, r: VQARequest, gen: GenConfig) -> dict[str, Any]:
+    def _payload(self, r: VQARequest, gen: GenConfig, n: int, seed: int | None) -> dict[str, Any]:
         payload = {
             "model": r.adapter or self.model,
             "messages": to_openai(list(r.messages), self.image_format, self.video_as),
@@ -115,37 +119,46 @@ class OpenAIBackend(Backend):
             "temperature": gen.temperature if gen.sampling else 0.0,
             "top_p": gen.top_p if gen.sampling else 1.0,
         }
-        if gen.samples > 1:
-            payload["n"] = gen.samples
-        if r.seed is not None and gen.sampling:
-            payload["seed"] = r.seed
+        if n > 1:
+            payload["n"] = n
+        if seed is not None and gen.sampling:
+            payload["seed"] = seed
         return payload
+
+    async def _complete(
+        self, client: httpx.AsyncClient, r: VQARequest, gen: GenConfig, n: int, seed: int | None
+    ) -> list[str]:
+        """One chat completion (with retries on connection errors and 5xx); its choices' texts."""
+        for attempt in range(self.retries + 1):
+            url = next(self._next_url)  # spread requests (and retries) over the replicas
+            try:
+                resp = await client.post(
+                    f"{url}/chat/completions", json=self._payload(r, gen, n, seed), headers=self._headers()
+                )
+                if resp.status_code >= 400:
+                    raise HTTPStatusError(resp.status_code, resp.text)
+                return [(c["message"].get("content") or "").strip() for c in resp.json()["choices"]]
+            except (httpx.TransportError, HTTPStatusError) as e:
+                if isinstance(e, HTTPStatusError) and e.status < 500 or attempt == self.retries:
+                    raise RequestFailed(f"{type(e).__name__}: {e}"[:300]) from None
+                log.info("request %s: %s; retry %d", r.id, e, attempt + 1)
+                await asyncio.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _one(
         self, client: httpx.AsyncClient, sem: asyncio.Semaphore, r: VQARequest, gen: GenConfig
     ) -> Answer:
         async with sem:
             t0 = time.perf_counter()
-            for attempt in range(self.retries + 1):
-                url = next(self._next_url)  # spread requests (and retries) over the replicas
-                try:
-                    resp = await client.post(
-                        f"{url}/chat/completions", json=self._payload(r, gen), headers=self._headers()
-                    )
-                    if resp.status_code >= 400:
-                        raise HTTPStatusError(resp.status_code, resp.text)
-                    texts = [(c["message"].get("content") or "").strip() for c in resp.json()["choices"]]
-                    samples = tuple(texts) if gen.samples > 1 else ()
-                    return Answer(r.id, texts[0], seconds=time.perf_counter() - t0, samples=samples)
-                except (httpx.TransportError, HTTPStatusError) as e:
-                    retry = not isinstance(e, HTTPStatusError) or e.status >= 500
-                    if not retry or attempt == self.retries:
-                        return Answer(
-                            r.id, "", error=f"{type(e).__name__}: {e}"[:300], seconds=time.perf_counter() - t0
-                        )
-                    log.info("request %s: %s; retry %d", r.id, e, attempt + 1)
-                    await asyncio.sleep(self.backoff * 2**attempt)
-            raise AssertionError("unreachable")
+            try:
+                texts = await self._complete(client, r, gen, gen.samples, r.seed)
+                for i in range(len(texts), gen.samples):  # the server ignored `n`: one request per sample
+                    seed = None if r.seed is None else r.seed + i
+                    texts += await self._complete(client, r, gen, 1, seed)
+            except RequestFailed as e:
+                return Answer(r.id, "", error=str(e), seconds=time.perf_counter() - t0)
+            samples = tuple(texts[: gen.samples]) if gen.samples > 1 else ()
+            return Answer(r.id, texts[0], seconds=time.perf_counter() - t0, samples=samples)
 
     async def _all(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
         sem = asyncio.Semaphore(self.concurrency)
