@@ -115,3 +115,32 @@ def test_shared_prefix_gives_the_same_answers(qwen, idefics, clips, family, mode
         hook.remove()
     assert shared == plain
     assert vision_runs == 1  # the images went through the model once for all five questions
+
+
+@pytest.mark.parametrize("family", ["qwen", "idefics"])
+def test_several_clips_in_one_batch_answer_as_apart(qwen, idefics, clips, synthme, family):
+    """Clips of different prefix lengths (4, 6 and 3 frames) batched together: each clip's images go
+    through the model once, and every answer equals the one asked alone."""
+    from mevqa.inputs import visual_parts
+    from mevqa.prompts import TEMPLATE_EXAMPLES
+
+    backend = qwen if family == "qwen" else idefics
+    sources = [(clips["mp4"], 4), (clips["folder"], 6), (sorted((synthme / "frames").iterdir())[0], 3)]
+    reqs = []
+    for c, (path, n) in enumerate(sources):
+        cfg = FrameConfig(frames=n)
+        parts = visual_parts(sample(path, cfg), cfg)
+        reqs += [VQARequest(f"{c}.{i}", (Message.user(*parts, q),)) for i, q in enumerate(TEMPLATE_EXAMPLES[:3])]
+    gen = GenConfig(max_new_tokens=10)
+    calls = []
+    hook = backend.model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw.get("pixel_values") is not None), with_kwargs=True
+    )
+    try:
+        together = [a.text for a in backend.generate(reqs, gen)]
+        vision_runs = sum(calls)
+        apart = [a.text for r in reqs for a in backend.generate([r], gen)]
+    finally:
+        hook.remove()
+    assert together == apart and all(together)
+    assert vision_runs == 3  # once per clip, for nine questions

@@ -60,6 +60,21 @@ class Prepared:
     jobs: list[Job]
 
 
+def _stack(caches: list[Any], repeats: list[int], length: int) -> Any:
+    """Per-clip KV caches as one: each left-padded (zeros, masked) to `length` and repeated per question."""
+    from transformers import DynamicCache
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0))
+
+    layers = []
+    for per_clip in zip(*(c.layers for c in caches)):
+        keys = torch.cat([pad(x.keys).repeat_interleave(k, 0) for x, k in zip(per_clip, repeats)])
+        values = torch.cat([pad(x.values).repeat_interleave(k, 0) for x, k in zip(per_clip, repeats)])
+        layers.append((keys, values))
+    return DynamicCache(ddp_cache_data=layers)
+
+
 class TransformersBackend(Backend):
     """Batched generation with `model.generate`; left padding; one clip's questions share its prefix."""
 
@@ -72,10 +87,12 @@ class TransformersBackend(Backend):
         model_id: str = "",
         adapter: str | None = None,
         share_prefix: bool = True,
+        cross_clip: bool = True,
     ):
         self.model, self.processor = model, processor
         self.model_id, self.adapter = model_id, adapter
         self.share_prefix = share_prefix  # prefill a clip's images once for all its questions
+        self.cross_clip = cross_clip  # decode several clips' questions together (False: a call per clip)
 
     @classmethod
     def from_config(cls, model: ModelSpec, server: ServerSpec, engine: VLLMSpec) -> TransformersBackend:
@@ -158,24 +175,44 @@ class TransformersBackend(Backend):
         out = self.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, **self._sampling(gen))
         return self._decode(out[:, inputs["input_ids"].shape[1] :])
 
-    @torch.inference_mode()
-    def _run_shared(self, job: Job, gen: GenConfig) -> list[str]:
-        """Encode the images and prefill the prompt prefix once, then generate the K questions.
+    def _rope_holder(self) -> Any:
+        """The module keeping Qwen2-VL-style multimodal RoPE offsets (`rope_deltas`), if the model has one."""
+        return next((m for m in self.model.modules() if hasattr(m, "rope_deltas")), None)
 
-        The prefix's KV cache is repeated for the K questions, whose suffixes are left-padded *after* the
-        prefix (masked), so the vision tower and the long multimodal prefill run once instead of K times.
+    @torch.inference_mode()
+    def _run_shared(self, jobs: list[Job], gen: GenConfig) -> list[list[str]]:
+        """Several clips' questions in one decode, each clip's visual prefix computed once.
+
+        Each clip's prefix (system turn, every image, up to the question) is prefilled on its own, so the
+        vision tower and the long multimodal prefill run once per clip instead of once per question. The
+        caches are left-padded to one length and stacked, one row per question; each question's suffix is
+        left-padded *after* its prefix (masked). Positions come from the mask, so padding shifts nothing;
+        for Qwen2-VL-style RoPE each row also gets its own clip's offset.
         """
-        prefix = self._to_device(job.inputs)
-        cache = getattr(self.model(**prefix, use_cache=True), CACHE_KW)
-        pad = self.processor.tokenizer.pad_token_id
-        k, p, s = len(job.suffixes), prefix["input_ids"].shape[1], max(map(len, job.suffixes))
-        ids = torch.full((k, p + s), pad, dtype=torch.long, device=self.device)
-        mask = torch.zeros((k, p + s), dtype=torch.long, device=self.device)
-        ids[:, :p], mask[:, :p] = prefix["input_ids"], prefix["attention_mask"]
-        for i, suf in enumerate(job.suffixes):
-            ids[i, p + s - len(suf) :] = torch.tensor(suf, device=self.device)
-            mask[i, p + s - len(suf) :] = 1
-        cache.batch_repeat_interleave(k)
+        prefixes, caches, deltas = [], [], []
+        holder = self._rope_holder()
+        for job in jobs:
+            prefixes.append(self._to_device(job.inputs))
+            caches.append(getattr(self.model(**prefixes[-1], use_cache=True), CACHE_KW))
+            deltas.append(holder.rope_deltas if holder is not None else None)
+        ks = [len(j.suffixes) for j in jobs]
+        p, s = max(x["input_ids"].shape[1] for x in prefixes), max(len(x) for j in jobs for x in j.suffixes)
+        ids = torch.full(
+            (sum(ks), p + s), self.processor.tokenizer.pad_token_id, dtype=torch.long, device=self.device
+        )
+        mask = torch.zeros_like(ids)
+        row = 0
+        for prefix, job in zip(prefixes, jobs):
+            n = prefix["input_ids"].shape[1]
+            ids[row : row + len(job.suffixes), p - n : p] = prefix["input_ids"]
+            mask[row : row + len(job.suffixes), p - n : p] = prefix["attention_mask"]
+            for suf in job.suffixes:
+                ids[row, p + s - len(suf) :] = torch.tensor(suf, device=self.device)
+                mask[row, p + s - len(suf) :] = 1
+                row += 1
+        cache = _stack(caches, ks, p)
+        if holder is not None and deltas[0] is not None:
+            holder.rope_deltas = torch.cat([d.repeat(k, 1) for d, k in zip(deltas, ks)])
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -183,7 +220,8 @@ class TransformersBackend(Backend):
             **{CACHE_KW: cache},
             **self._sampling(gen),
         )
-        return self._decode(out[:, p + s :])
+        texts = self._decode(out[:, p + s :])
+        return [texts[sum(ks[:i]) : sum(ks[: i + 1])] for i in range(len(jobs))]
 
     def run(self, prepared: Prepared, gen: GenConfig) -> list[Answer]:
         """Generate every job; a request that fails gets an error answer, the others still get theirs."""
@@ -191,10 +229,13 @@ class TransformersBackend(Backend):
         if prepared.requests and prepared.requests[0].seed is not None:
             torch.manual_seed(prepared.requests[0].seed)  # sampled answers are reproducible per batch
         texts: list[str] = [""] * (len(prepared.requests) * prepared.samples)
+        shared = [j for j in prepared.jobs if j.suffixes]
         try:
-            for job in prepared.jobs:
-                run = self._run_shared if job.suffixes else self._run_plain
-                for i, t in zip(job.rows, run(job, gen)):
+            groups = [shared] if self.cross_clip else [[j] for j in shared]
+            results = [r for g in groups if g for r in zip(g, self._run_shared(g, gen))]
+            results += [(j, self._run_plain(j, gen)) for j in prepared.jobs if not j.suffixes]
+            for job, answers in results:
+                for i, t in zip(job.rows, answers):
                     texts[i] = t
         except (ValueError, RuntimeError, MemoryError) as e:
             if out_of_memory(e):
