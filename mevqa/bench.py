@@ -291,6 +291,61 @@ def bench_flow(work: Path, clips: int = 48, size: int = 112, repeat: int = 1) ->
     return out
 
 
+MEMORY_PROBE = """
+import ctypes, gc, sys
+import bitsandbytes, torch  # both runs pay the same imports
+from mevqa.config import ModelSpec
+from mevqa.models.loading import load_model
+def rss():  # resident now, kB: (anonymous, file-backed); fp32 safetensors weights stay mmap-ed = file pages
+    status = {ln.split(":")[0]: ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("Rss")}
+    return f"{status['RssAnon']},{status['RssFile']}"
+before = rss()
+spec = ModelSpec(sys.argv[1], device="cpu", load_in_4bit=sys.argv[2] == "1")
+m = load_model(spec) if sys.argv[2] != "-" else None
+if m is not None:
+    with torch.no_grad():
+        m(input_ids=torch.tensor([[1, 2, 3, 4]]))  # touch every weight once, as answering does
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed load-time buffers back before measuring
+tensors = sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()]) if m is not None else 0
+print(before, rss(), tensors)
+"""
+
+
+def bench_memory(work: Path) -> dict:
+    """What 4-bit loading saves on this CPU: a ~110M-parameter Qwen2.5-VL ("small") loaded in fp32 and in
+    nf4, each in a fresh process after one forward pass; resident memory and the model's own tensor bytes."""
+    import subprocess
+    import sys
+
+    model = build_tiny("qwen2_5_vl", work / "small", size="small")
+    disk = sum(p.stat().st_size for p in model.glob("*.safetensors")) / 2**20
+    out: dict[str, Any] = {
+        "weights_on_disk_mb": disk,
+        "anonymous_mb": {},
+        "file_backed_mb": {},
+        "tensor_mb": {},
+    }
+    for name, flag in (("imports only", "-"), ("fp32", "0"), ("4-bit nf4", "1")):
+        r = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(model), flag],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        _, after, tensors = r.stdout.split()[-3:]
+        anon, file = map(int, after.split(","))
+        out["anonymous_mb"][name], out["file_backed_mb"][name] = anon / 1024, file / 1024
+        out["tensor_mb"][name] = int(tensors) / 2**20
+    resident = {k: out["anonymous_mb"][k] + out["file_backed_mb"][k] for k in out["anonymous_mb"]}
+    out["resident_above_imports_mb"] = {
+        k: resident[k] - resident["imports only"] for k in ("fp32", "4-bit nf4")
+    }
+    out["ratios"] = {"fp32 / nf4, model tensors": out["tensor_mb"]["fp32"] / out["tensor_mb"]["4-bit nf4"]}
+    return out
+
+
 def environment() -> dict:
     import torch
     import transformers
@@ -357,7 +412,7 @@ def _run(
     results: dict[str, Any] = {"environment": {**environment(), "torch_threads": torch.get_num_threads()}}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        wl = workload(work, model, clips, size) if set(names) - {"sampling", "flow"} else None
+        wl = workload(work, model, clips, size) if set(names) - {"sampling", "flow", "memory"} else None
         table: dict[str, Callable[[], dict]] = {
             "sampling": lambda: bench_sampling(work, video_seconds, video_size, repeat=repeat),
             "reuse": lambda: bench_reuse(wl, repeat),
@@ -365,6 +420,7 @@ def _run(
             "batching": lambda: bench_batching(wl, repeat=repeat),
             "server": lambda: bench_server(wl, base_url or "", repeat=repeat),
             "flow": lambda: bench_flow(work, repeat=repeat),
+            "memory": lambda: bench_memory(work),
         }
         for n in names:
             results[n] = table[n]()

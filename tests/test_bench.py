@@ -31,3 +31,14 @@ def test_eval_bench_small(tiny_qwen, tmp_path):
 def test_bench_cli_help():
     r = cli("bench", "--help")
     assert r.returncode == 0 and "sampling" in r.stdout and "--threads" in r.stdout
+
+
+def test_gpu_bench_runs_every_row_on_cpu_with_the_tiny_shape(tmp_path):
+    """`mevqa bench gpu` is one command for the GPU rows; here it runs at the tiny shape (MFU needs a GPU)."""
+    from mevqa import bench_gpu
+
+    res = bench_gpu.run("tiny", tmp_path, sizes=(1, 8), steps=2)
+    assert set(res["eval"]["questions_per_second"]) == {"1", "8"} and res["eval"]["prefill_mfu"]["8"] is None
+    assert res["decode"]["decode_tokens_per_second"] > 0
+    assert res["train_lora"]["samples_per_second"] > 0 and res["train_qlora"]["method"] == "qlora"
+    assert "prefill MFU" in (tmp_path / "gpu-tiny.md").read_text()

@@ -242,7 +242,7 @@ LAYERS = [
     {"inputs"},
     {"backends"},
     {"evaluation"},
-    {"train", "agent", "bench"},
+    {"train", "agent", "bench", "bench_gpu"},
     {"serve"},
     {"cli"},
     {"demo", "__main__"},

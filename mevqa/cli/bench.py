@@ -9,6 +9,12 @@ from pathlib import Path
 def cmd_bench(a: argparse.Namespace) -> int:
     from mevqa.bench import format_results, run
 
+    if a.name == "gpu":
+        from mevqa import bench_gpu
+
+        results = bench_gpu.run(a.shape, Path(a.out) if a.out else None)
+        print(bench_gpu.markdown(results))
+        return 0
     results = run(
         a.name,
         Path(a.out) if a.out else None,
@@ -31,9 +37,20 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         parents=[common],
         help="speed benchmarks, as ratios measured in one run",
         description="sampling: sparse vs full decode; reuse: per-clip reuse in eval; overhead: harness vs "
-        "bare generate; batching: batch 1/4/16; server: in-process vs a server; all: all but server.",
+        "bare generate; batching: batch 8/32/64 per clip vs across clips; server: in-process vs a server; "
+        "flow: Farneback vs TV-L1; memory: 4-bit vs fp32 loading; gpu: the GPU rows (--shape); all: the CPU "
+        "ones.",
     )
-    p.add_argument("name", choices=("sampling", "reuse", "overhead", "batching", "server", "flow", "all"))
+    p.add_argument(
+        "name",
+        choices=("sampling", "reuse", "overhead", "batching", "server", "flow", "memory", "gpu", "all"),
+    )
+    p.add_argument(
+        "--shape",
+        default="qwen2_5_vl_7b",
+        choices=("qwen2_5_vl_7b", "qwen2_5_vl_3b", "tiny"),
+        help="for `gpu`: the architecture, built with random weights from its published config",
+    )
     p.add_argument("--base-url", help="for `server`: an OpenAI-compatible server serving --model")
     p.add_argument("--out", help="folder for <name>.json")
     p.add_argument(
