@@ -236,22 +236,62 @@ def bench_overhead(wl: Workload, repeat: int = 3, batch_size: int = 5, max_new_t
     }
 
 
+def prefix_cache_tokens(base_url: str) -> tuple[float, float] | None:
+    """(queried, hit) prompt tokens from vLLM's Prometheus counters; None for servers without them."""
+    import httpx
+
+    try:
+        text = httpx.get(base_url.rstrip("/").removesuffix("/v1") + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        for key in ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"):
+            if line.startswith(key + "{"):
+                values[key] = values.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    if len(values) < 2:
+        return None
+    return values["vllm:prefix_cache_queries_total"], values["vllm:prefix_cache_hits_total"]
+
+
 def bench_server(
-    wl: Workload, base_url: str, concurrencies: tuple[int, ...] = (1, 4, 8), repeat: int = 3
+    wl: Workload, base_urls: list[str], concurrencies: tuple[int, ...] = (1, 4, 8), repeat: int = 3
 ) -> dict:
-    """In-process transformers vs the same model behind an OpenAI-compatible server, by concurrency."""
+    """In-process transformers vs the same model behind each server (e.g. vLLM and transformers serve),
+    by concurrency, side by side; for vLLM also the share of prompt tokens its prefix cache served."""
     cfg = eval_config(wl, 16)
     n = len(wl.rows)
     t = {"in-process": timeit(lambda: run_answers(wl, wl.variant(True), cfg), repeat)}
-    for c in concurrencies:
-        server = ServerSpec(base_url=(base_url,), concurrency=c)
-        remote = load_backend(ModelSpec(wl.model, backend="openai"), server)
-        t[f"server, concurrency {c}"] = timeit(lambda r=remote: run_answers(wl, r, cfg), repeat)
-    return {
-        "questions": n,
-        "questions_per_second": {k: n / v for k, v in t.items()},
-        "ratios": {f"{k} vs in-process": t["in-process"] / v for k, v in t.items()},
-    }
+    out: dict[str, Any] = {"questions": n, "prefix_cache": {}}
+    for url in base_urls:
+        name = served_by(url)
+        before = prefix_cache_tokens(url)
+        for c in concurrencies:
+            remote = load_backend(
+                ModelSpec(wl.model, backend="openai"), ServerSpec(base_url=(url,), concurrency=c)
+            )
+            t[f"{name}, concurrency {c}"] = timeit(lambda r=remote: run_answers(wl, r, cfg), repeat)
+        after = prefix_cache_tokens(url)
+        if before and after and after[0] > before[0]:
+            out["prefix_cache"][f"{name}: hit rate (prompt tokens)"] = (after[1] - before[1]) / (
+                after[0] - before[0]
+            )
+    out["questions_per_second"] = {k: n / v for k, v in t.items()}
+    out["ratios"] = {f"{k} vs in-process": t["in-process"] / v for k, v in t.items()}
+    return out
+
+
+def served_by(base_url: str) -> str:
+    """vLLM lists its models as owned by "vllm"; anything else is named by its URL."""
+    import httpx
+
+    try:
+        owners = {
+            m.get("owned_by") for m in httpx.get(f"{base_url.rstrip('/')}/models", timeout=5).json()["data"]
+        }
+    except (httpx.HTTPError, ValueError, KeyError):
+        owners = set()
+    return "vLLM" if "vllm" in owners else f"server {base_url}"
 
 
 def bench_flow(work: Path, clips: int = 48, size: int = 112, repeat: int = 1) -> dict:
@@ -374,7 +414,7 @@ def run(
     repeat: int = 3,
     video_seconds: float = 2.0,
     video_size: tuple[int, int] = (640, 480),
-    base_url: str | None = None,
+    base_url: list[str] | None = None,
     threads: int | None = None,
 ) -> dict:
     """Run one benchmark (or `all`: every one but `server`), return its results, write `<out>/<name>.json`.
@@ -402,7 +442,7 @@ def _run(
     repeat: int,
     video_seconds: float,
     video_size: tuple[int, int],
-    base_url: str | None,
+    base_url: list[str] | None,
 ) -> dict:
     import torch
 
@@ -418,7 +458,7 @@ def _run(
             "reuse": lambda: bench_reuse(wl, repeat),
             "overhead": lambda: bench_overhead(wl, repeat),
             "batching": lambda: bench_batching(wl, repeat=repeat),
-            "server": lambda: bench_server(wl, base_url or "", repeat=repeat),
+            "server": lambda: bench_server(wl, base_url or [], repeat=repeat),
             "flow": lambda: bench_flow(work, repeat=repeat),
             "memory": lambda: bench_memory(work),
         }

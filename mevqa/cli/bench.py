@@ -51,7 +51,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         choices=("qwen2_5_vl_7b", "qwen2_5_vl_3b", "tiny"),
         help="for `gpu`: the architecture, built with random weights from its published config",
     )
-    p.add_argument("--base-url", help="for `server`: an OpenAI-compatible server serving --model")
+    p.add_argument(
+        "--base-url",
+        action="append",
+        help="for `server`: an OpenAI-compatible server serving --model (repeat to compare servers)",
+    )
     p.add_argument("--out", help="folder for <name>.json")
     p.add_argument(
         "--model", help="model for the eval benchmarks (default: a tiny Qwen2.5-VL built on the fly)"
