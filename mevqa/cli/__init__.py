@@ -49,6 +49,7 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no optional CPU kernels" on every import
 
 
 def main(argv: list[str] | None = None) -> int:
