@@ -22,9 +22,10 @@ import signal
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mevqa.agent import ClipContext, agent_markdown, hierarchical
 from mevqa.backends.base import Backend, VQARequest, load_backend
@@ -148,8 +149,11 @@ def _remove(path: str | None) -> None:
 class Demo:
     """What the page's events do: one backend, one generation config, one folder for every upload."""
 
-    def __init__(self, backend: Backend, limits: UploadLimits, root: Path):
+    def __init__(
+        self, backend: Backend, limits: UploadLimits, root: Path, tool_llm: Callable[[], Any] | None = None
+    ):
         self.backend, self.gen, self.limits, self.root = backend, GenConfig(), limits, root
+        self.tool_llm = tool_llm  # the chat model that drives the tool agent: a served model that calls tools
 
     def load(self, file, example, mode, frames, session):
         """Unpack the upload into a fresh folder of this session; decode the frames and the flow once."""
@@ -169,7 +173,14 @@ class Demo:
         status = f"Loaded `{Path(file or example).name}`: {len(images)} frames; most motion: {top}."
         return ctx, images, flow, status, session
 
-    def _reply(self, message, ctx, mode, frames, prompt, agent) -> Iterator[str]:
+    def _reply(self, message, ctx, mode, frames, prompt, agent, tools=False) -> Iterator[str]:
+        if tools and self.tool_llm:
+            from mevqa.agent.lc import tool_agent
+
+            r = tool_agent(self.tool_llm(), ctx, self.backend, self.gen, message)
+            calls = "".join(f"\n- `{c['tool']}({c['args']})` → {c['result'][:200]}" for c in r["calls"])
+            yield f"{r['answer']}\n{calls}"
+            return
         if agent:
             yield agent_markdown(hierarchical(self.backend, ctx, self.gen))
             return
@@ -177,7 +188,9 @@ class Demo:
         req = VQARequest("app", (Message.user(*parts, render_question(message, prompt)),))
         yield from self.backend.stream(req, self.gen)
 
-    def respond(self, message, history, ctx, mode, frames, prompt, agent) -> Iterator[tuple[list, str]]:
+    def respond(
+        self, message, history, ctx, mode, frames, prompt, agent, tools=False
+    ) -> Iterator[tuple[list, str]]:
         """Stream the answer into the chat; a failure is shown in the chat, the app keeps running."""
         history = list(history or [])
         if not message:
@@ -189,7 +202,7 @@ class Demo:
             yield history, ""
             return
         try:
-            for partial in self._reply(message, ctx, mode, frames, prompt, agent):
+            for partial in self._reply(message, ctx, mode, frames, prompt, agent, tools):
                 history[-1]["content"] = partial
                 yield history, ""
         except (MevqaError, RuntimeError) as e:
@@ -227,6 +240,11 @@ def _layout(demo: Demo, notice: str, recorded: dict):
                     list(PROMPT_STRATEGIES), value=recorded.get("prompt", "labels"), label="prompt strategy"
                 )
                 agent = gr.Checkbox(False, label="agent: coarse → fine → AUs, with a consistency check")
+                tools = (
+                    [gr.Checkbox(False, label="tool agent: the served model calls mevqa's tools")]
+                    if demo.tool_llm
+                    else []
+                )
                 status = gr.Markdown("Upload a clip or pick an example.", elem_id="status")
                 gallery = gr.Gallery(label="sampled frames", columns=4, height=220, elem_id="frames")
                 flow_img = gr.Image(label="optical flow (onset → apex)", height=200)
@@ -247,7 +265,7 @@ def _layout(demo: Demo, notice: str, recorded: dict):
         upload.change(demo.load, **load_io, api_name="load_clip")
         example.change(demo.load, **load_io, api_visibility="private")
         chat_io = dict(
-            inputs=[box, chat, clip_state, mode, frames, prompt, agent],
+            inputs=[box, chat, clip_state, mode, frames, prompt, agent, *tools],
             outputs=[chat, box],
             concurrency_limit=1,
             concurrency_id="model",
@@ -281,7 +299,14 @@ def build_demo(
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="mevqa-app-", dir=work_dir))  # this app's; removed when it exits
     atexit.register(_remove, str(root))
-    return _layout(Demo(backend, limits, root), notice, recorded_settings(adapter))
+    tool_llm = None
+    if base_url:
+        from mevqa.agent.lc import server_chat_model
+
+        def tool_llm() -> Any:
+            return server_chat_model(base_url, backend.model, api_key)
+
+    return _layout(Demo(backend, limits, root, tool_llm), notice, recorded_settings(adapter))
 
 
 def parse_auth(auth: str | None) -> tuple[str, str] | None:

@@ -224,3 +224,26 @@ def test_uploads_are_removed_when_the_app_stops(app_proc, work):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert not list(work.glob("mevqa-app-*"))
+
+
+def test_the_tool_agent_answers_in_the_chat(qwen, synthme, tmp_path):
+    """With a served model that calls tools, the app's tool agent runs LangChain's loop over mevqa's
+    tools (here a scripted tool-calling model stands in for the served one; the tools and VLM are real)."""
+    from langchain_core.messages import AIMessage
+    from test_agent import ScriptedToolModel, annotated, ctx_for
+
+    from app import Demo, UploadLimits
+
+    script = [
+        AIMessage(content="", tool_calls=[{"name": "optical_flow", "args": {}, "id": "f"}]),
+        AIMessage(content="Most motion at the mouth."),
+    ]
+    demo = Demo(qwen, UploadLimits(), tmp_path, tool_llm=lambda: ScriptedToolModel(responses=script))
+    ctx = ctx_for(synthme, annotated(synthme)[0])
+    *_, (history, _) = demo.respond("Where does it move?", [], ctx, "frames", 4, "plain", False, True)
+    answer = history[-1]["content"]
+    assert (
+        answer.startswith("Most motion at the mouth.")
+        and "`optical_flow({})`" in answer
+        and '"mouth"' in answer
+    )

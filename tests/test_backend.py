@@ -130,7 +130,9 @@ def test_several_clips_in_one_batch_answer_as_apart(qwen, idefics, clips, synthm
     for c, (path, n) in enumerate(sources):
         cfg = FrameConfig(frames=n)
         parts = visual_parts(sample(path, cfg), cfg)
-        reqs += [VQARequest(f"{c}.{i}", (Message.user(*parts, q),)) for i, q in enumerate(TEMPLATE_EXAMPLES[:3])]
+        reqs += [
+            VQARequest(f"{c}.{i}", (Message.user(*parts, q),)) for i, q in enumerate(TEMPLATE_EXAMPLES[:3])
+        ]
     gen = GenConfig(max_new_tokens=10)
     calls = []
     hook = backend.model.register_forward_pre_hook(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli
+from conftest import cli, train_args
 
 from mevqa.data.megc import read_jsonl, row_id
 
@@ -35,41 +35,15 @@ def launch(*args, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
-def train_args(synthme, model, out, *extra):
-    return [
-        "train",
-        "--data",
-        synthme / "train.jsonl",
-        "--root",
-        synthme,
-        "--model",
-        model,
-        "--out",
-        out,
-        "--frames",
-        "2",
-        "--grad-accum",
-        "1",
-        "--lr",
-        "0.005",
-        "--lora-dropout",
-        "0",
-        *extra,
-    ]
-
-
 def test_two_processes_train_like_one_with_twice_the_batch(synthme, tiny_qwen, tmp_path):
     """Equal seeds, 2 x batch 2 vs 1 x batch 4: the same loss at every step (the loss is normalised over
     the global batch's answer tokens, the schedule steps once per optimizer step). 6 steps stay inside the
     first epoch: its last batch is partial, and accelerate pads a partial batch differently per process."""
     one, two = tmp_path / "one", tmp_path / "two"
-    r = cli(
-        *train_args(synthme, tiny_qwen, one, "--batch-size", "4", "--max-steps", "6", "--save-every", "3")
-    )
+    same = ["--max-steps", "6", "--save-every", "3", "--lora-dropout", "0", "--report-to", "tensorboard"]
+    r = cli(*train_args(synthme, tiny_qwen, one, "--batch-size", "4", *same))
     assert r.returncode == 0, r.stderr
-    r = launch(
-        *train_args(synthme, tiny_qwen, two, "--batch-size", "2", "--max-steps", "6", "--save-every", "3")
-    )
+    r = launch(*train_args(synthme, tiny_qwen, two, "--batch-size", "2", *same))
     assert r.returncode == 0, r.stderr[-3000:]
     a = json.loads((one / "metrics.json").read_text())
     b = json.loads((two / "metrics.json").read_text())

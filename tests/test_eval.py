@@ -254,3 +254,14 @@ def test_failures_in_a_row_stop_the_run(synthme, tiny_qwen, tmp_path):
 def test_common_flags_after_the_command(synthme, tiny_qwen, tmp_path):
     r = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, tmp_path / "run", "--limit", "2", "-v")
     assert r.returncode == 0 and "INFO" in r.stderr
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(synthme, tiny_qwen, tmp_path):
+    """/dev/full answers every write with ENOSPC, as a full disk does."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "predictions.jsonl").symlink_to("/dev/full")
+    r = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out, "--limit", "3")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "cannot write: No space left on device" in lines[-1], r.stderr
+    assert lines[-1].startswith("error: ") and "Traceback" not in r.stderr

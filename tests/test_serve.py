@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import TransformersServer, cli, free_port, make_adapter
+from conftest import TransformersServer, cli, free_port, make_adapter, served_eval_args
 
 from mevqa.backends.base import VQARequest, load_backend
 from mevqa.config import GenConfig, ModelSpec, ServerSpec
@@ -83,31 +83,7 @@ def unspecial(text: str) -> str:
 def test_server_killed_mid_eval_then_resume(tiny_qwen, synthme, tmp_path):
     server = TransformersServer(tiny_qwen, free_port(), tmp_path / "hf").start()
     out = tmp_path / "run"
-    args = [
-        "eval",
-        "--data",
-        str(synthme / "train.jsonl"),
-        "--root",
-        str(synthme),
-        "--model",
-        str(tiny_qwen),
-        "--out",
-        str(out),
-        "--backend",
-        "openai",
-        "--base-url",
-        server.url,
-        "--concurrency",
-        "1",
-        "--batch-size",
-        "1",
-        "--retries",
-        "1",
-        "--max-errors",
-        "0",
-        "--max-new-tokens",
-        "24",
-    ]
+    args = served_eval_args(synthme, tiny_qwen, out, server.url, "--max-new-tokens", "24")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mevqa", *args],
         stdout=subprocess.PIPE,

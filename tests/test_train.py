@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import cli, has_gpu
+from conftest import cli, has_gpu, train_args
 
 from mevqa.backends.base import load_backend
 from mevqa.config import ModelSpec, TrainConfig, from_dict
@@ -135,31 +135,19 @@ def test_train_lowers_loss_and_adapter_round_trips(synthme, tiny_qwen, tmp_path)
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_interrupt_and_resume_reach_the_same_step(synthme, tiny_qwen, tmp_path, method):
     out = tmp_path / method
-    args = [
-        "train",
-        "--data",
-        str(synthme / "train.jsonl"),
-        "--root",
-        str(synthme),
-        "--model",
-        str(tiny_qwen),
-        "--out",
-        str(out),
+    args = train_args(
+        synthme,
+        tiny_qwen,
+        out,
         "--max-steps",
         "40",
         "--batch-size",
         "1",
-        "--grad-accum",
-        "1",
-        "--frames",
-        "2",
         "--method",
         method,
         "--save-every",
         "5",
-        "--report-to",
-        "none",
-    ]
+    )
     cmd = [sys.executable, "-m", "mevqa", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 600  # a condition, not a time: kill once step 10 is on disk

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli, free_port, make_adapter
+from conftest import cli, free_port, make_adapter, served_eval_args, train_args
 
 from mevqa.data.megc import read_jsonl, row_id
 from mevqa.models.loading import config_hash
@@ -107,54 +107,12 @@ def adapters(tiny_qwen, synthme, tmp_path_factory):
         8,
         {"base_model": str(tiny_qwen), "base_config_hash": config_hash(tiny_qwen)},
     )
-    r = cli(
-        "train",
-        "--data",
-        synthme / "train.jsonl",
-        "--root",
-        synthme,
-        "--model",
-        tiny_qwen,
-        "--out",
-        root / "trained-lora",
-        "--max-steps",
-        "20",
-        "--frames",
-        "2",
-        "--batch-size",
-        "4",
-        "--grad-accum",
-        "1",
-        "--lr",
-        "0.005",
-        "--report-to",
-        "none",
-    )
+    r = cli(*train_args(synthme, tiny_qwen, root / "trained-lora", "--max-steps", "20", "--batch-size", "4"))
     assert r.returncode == 0, r.stderr
     r = cli(
-        "train",
-        "--data",
-        synthme / "train.jsonl",
-        "--root",
-        synthme,
-        "--model",
-        tiny_qwen,
-        "--out",
-        root / "q-lora",
-        "--max-steps",
-        "10",
-        "--frames",
-        "2",
-        "--batch-size",
-        "4",
-        "--grad-accum",
-        "1",
-        "--lr",
-        "0.005",
-        "--report-to",
-        "none",
-        "--method",
-        "qlora",
+        *train_args(
+            synthme, tiny_qwen, root / "q-lora", "--max-steps", "10", "--batch-size", "4", "--method", "qlora"
+        )
     )
     assert r.returncode == 0, r.stderr
     return {"rand": rand, "trained": root / "trained-lora", "qlora": root / "q-lora"}
@@ -299,31 +257,7 @@ def test_server_death_mid_eval_then_sigterm_stops_all_and_rerun_completes(
     """Runs last: SIGTERM to `mevqa serve` mid-eval stops vLLM's every process; the eval's remaining rows
     are error rows (exit 1); with the server back, the same command completes them."""
     out = tmp_path / "run"
-    args = [
-        "eval",
-        "--data",
-        str(synthme / "train.jsonl"),
-        "--root",
-        str(synthme),
-        "--model",
-        str(tiny_qwen),
-        "--out",
-        str(out),
-        "--backend",
-        "openai",
-        "--base-url",
-        server.url,
-        "--concurrency",
-        "1",
-        "--batch-size",
-        "1",
-        "--retries",
-        "1",
-        "--max-errors",
-        "0",
-        "--max-new-tokens",
-        "16",
-    ]
+    args = served_eval_args(synthme, tiny_qwen, out, server.url, "--max-new-tokens", "16")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mevqa", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )

@@ -82,7 +82,7 @@ def fingerprint(s: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- predictions file
 def repair_tail(path: Path) -> None:
     """Cut a torn last line (a kill or a full disk mid-write) back to the last complete one."""
-    if not path.exists() or path.stat().st_size == 0:
+    if not path.is_file() or path.stat().st_size == 0:
         return
     with path.open("rb+") as f:
         data = f.read()
@@ -94,7 +94,7 @@ def repair_tail(path: Path) -> None:
 
 def read_predictions(path: Path) -> list[dict]:
     """Every complete row of a predictions file, in file order (later rows supersede earlier ones)."""
-    if not path.exists():
+    if not path.is_file():
         return []
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
