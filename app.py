@@ -212,42 +212,47 @@ class Demo:
         yield history, ""
 
 
+def _clip_column(demo: Demo, recorded: dict) -> dict[str, Any]:
+    """The left column: the clip, the input settings, and what the model is shown."""
+    import gradio as gr
+
+    c: dict[str, Any] = {}
+    c["upload"] = gr.File(
+        label=f"Clip: video or .zip of frames (≤ {demo.limits.max_mb:.0f} MB)",
+        file_types=[*VIDEO_TYPES, ".zip"],
+        type="filepath",
+    )
+    examples = sorted(str(p) for p in (DEMO / "synthme" / "frames").glob("*"))[:12]
+    c["example"] = gr.Dropdown(examples, label="…or a SynthME example", value=None)
+    c["mode"] = gr.Radio(
+        list(INPUT_MODES), value=recorded.get("frames", {}).get("input", "frames"), label="input mode"
+    )
+    c["frames"] = gr.Slider(2, 16, value=8, step=1, label="frames")
+    c["prompt"] = gr.Dropdown(
+        list(PROMPT_STRATEGIES), value=recorded.get("prompt", "labels"), label="prompt strategy"
+    )
+    c["agent"] = gr.Checkbox(False, label="agent: coarse → fine → AUs, with a consistency check")
+    c["tools"] = (
+        [gr.Checkbox(False, label="tool agent: the served model calls mevqa's tools")]
+        if demo.tool_llm
+        else []
+    )
+    c["status"] = gr.Markdown("Upload a clip or pick an example.", elem_id="status")
+    c["gallery"] = gr.Gallery(label="sampled frames", columns=4, height=220, elem_id="frames")
+    c["flow"] = gr.Image(label="optical flow (onset → apex)", height=200)
+    return c
+
+
 def _layout(demo: Demo, notice: str, recorded: dict):
     import gradio as gr
 
     with gr.Blocks(title="mevqa — micro-expression VQA") as blocks:
         gr.Markdown(f"# mevqa — ask about a micro-expression\n{notice}")
         clip_state = gr.State(None)
-        session = gr.State(
-            None, delete_callback=_remove
-        )  # this user's upload folder, removed with the session
+        session = gr.State(None, delete_callback=_remove)  # this user's upload folder, gone with the session
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(
-                    label=f"Clip: video or .zip of frames (≤ {demo.limits.max_mb:.0f} MB)",
-                    file_types=[*VIDEO_TYPES, ".zip"],
-                    type="filepath",
-                )
-                examples = sorted(str(p) for p in (DEMO / "synthme" / "frames").glob("*"))[:12]
-                example = gr.Dropdown(examples, label="…or a SynthME example", value=None)
-                mode = gr.Radio(
-                    list(INPUT_MODES),
-                    value=recorded.get("frames", {}).get("input", "frames"),
-                    label="input mode",
-                )
-                frames = gr.Slider(2, 16, value=8, step=1, label="frames")
-                prompt = gr.Dropdown(
-                    list(PROMPT_STRATEGIES), value=recorded.get("prompt", "labels"), label="prompt strategy"
-                )
-                agent = gr.Checkbox(False, label="agent: coarse → fine → AUs, with a consistency check")
-                tools = (
-                    [gr.Checkbox(False, label="tool agent: the served model calls mevqa's tools")]
-                    if demo.tool_llm
-                    else []
-                )
-                status = gr.Markdown("Upload a clip or pick an example.", elem_id="status")
-                gallery = gr.Gallery(label="sampled frames", columns=4, height=220, elem_id="frames")
-                flow_img = gr.Image(label="optical flow (onset → apex)", height=200)
+                c = _clip_column(demo, recorded)
             with gr.Column(scale=2):
                 chat = gr.Chatbot(label="chat", height=420, elem_id="chat")
                 box = gr.Textbox(placeholder="Ask about the clip…", label="question")
@@ -257,15 +262,15 @@ def _layout(demo: Demo, notice: str, recorded: dict):
                     ]
         # decoding runs beside other users' (4 at a time); the model answers one request at a time
         load_io = dict(
-            inputs=[upload, example, mode, frames, session],
-            outputs=[clip_state, gallery, flow_img, status, session],
+            inputs=[c["upload"], c["example"], c["mode"], c["frames"], session],
+            outputs=[clip_state, c["gallery"], c["flow"], c["status"], session],
             concurrency_limit=4,
             concurrency_id="decode",
         )
-        upload.change(demo.load, **load_io, api_name="load_clip")
-        example.change(demo.load, **load_io, api_visibility="private")
+        c["upload"].change(demo.load, **load_io, api_name="load_clip")
+        c["example"].change(demo.load, **load_io, api_visibility="private")
         chat_io = dict(
-            inputs=[box, chat, clip_state, mode, frames, prompt, agent, *tools],
+            inputs=[box, chat, clip_state, c["mode"], c["frames"], c["prompt"], c["agent"], *c["tools"]],
             outputs=[chat, box],
             concurrency_limit=1,
             concurrency_id="model",

@@ -12,24 +12,35 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
+import decord
+import httpx
 import numpy as np
+import torch
+import transformers
 
 from mevqa.backends.base import Backend, load_backend
 from mevqa.backends.hf import TransformersBackend
 from mevqa.config import EvalConfig, FrameConfig, GenConfig, ModelSpec, ServerSpec
 from mevqa.data.megc import read_jsonl
+from mevqa.data.qa import parse_au_codes
 from mevqa.data.synth import synthesize
 from mevqa.errors import InputError, MissingDependency
 from mevqa.evaluation.runner import Answerer, answer_rows, batches_of
+from mevqa.facs import REGION_ROWS, REGIONS
+from mevqa.inputs import flow_field, load_clip, region_motion
 from mevqa.io import atomic_write
 from mevqa.models.tiny import build_tiny
 from mevqa.prompts import classify
+from mevqa.video import open_clip, sample
 
 BENCHES = ("sampling", "reuse", "overhead", "batching")
 
@@ -47,8 +58,6 @@ def timeit(fn: Callable[[], Any], repeat: int = 3) -> float:
 
 # ---------------------------------------------------------------- sampling
 def make_video(path: Path, seconds: float = 2.0, fps: int = 200, size: tuple[int, int] = (640, 480)) -> Path:
-    import cv2
-
     rng = np.random.default_rng(0)
     base = cv2.GaussianBlur(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), (9, 9), 0)
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
@@ -63,11 +72,6 @@ def make_video(path: Path, seconds: float = 2.0, fps: int = 200, size: tuple[int
 def bench_sampling(
     work: Path, seconds: float = 2.0, size: tuple[int, int] = (640, 480), frames: int = 8, repeat: int = 3
 ) -> dict:
-    import cv2
-    import decord
-
-    from mevqa.video import open_clip, sample
-
     try:
         import av  # PyAV, the full-decode baseline: a dev extra
     except ImportError:
@@ -238,8 +242,6 @@ def bench_overhead(wl: Workload, repeat: int = 3, batch_size: int = 5, max_new_t
 
 def prefix_cache_tokens(base_url: str) -> tuple[float, float] | None:
     """(queried, hit) prompt tokens from vLLM's Prometheus counters; None for servers without them."""
-    import httpx
-
     try:
         text = httpx.get(base_url.rstrip("/").removesuffix("/v1") + "/metrics", timeout=5).text
     except httpx.HTTPError:
@@ -283,8 +285,6 @@ def bench_server(
 
 def served_by(base_url: str) -> str:
     """vLLM lists its models as owned by "vllm"; anything else is named by its URL."""
-    import httpx
-
     try:
         owners = {
             m.get("owned_by") for m in httpx.get(f"{base_url.rstrip('/')}/models", timeout=5).json()["data"]
@@ -297,10 +297,6 @@ def served_by(base_url: str) -> str:
 def bench_flow(work: Path, clips: int = 48, size: int = 112, repeat: int = 1) -> dict:
     """Farneback vs TV-L1: seconds per clip (onset -> apex) and how often the most-moving facial band is
     one the clip's AUs move (SynthME knows the truth)."""
-    from mevqa.data.qa import parse_au_codes
-    from mevqa.facs import REGION_ROWS, REGIONS
-    from mevqa.inputs import flow_field, load_clip, region_motion
-
     root = synthesize(work / "flow", subjects=max(1, clips // 6), clips_per_subject=6, size=size, seed=3)
     with open(root / "annotations.csv") as f:
         ann = list(csv.DictReader(f))
@@ -355,9 +351,6 @@ print(before, rss(), tensors)
 def bench_memory(work: Path) -> dict:
     """What 4-bit loading saves on this CPU: a ~110M-parameter Qwen2.5-VL ("small") loaded in fp32 and in
     nf4, each in a fresh process after one forward pass; resident memory and the model's own tensor bytes."""
-    import subprocess
-    import sys
-
     model = build_tiny("qwen2_5_vl", work / "small", size="small")
     disk = sum(p.stat().st_size for p in model.glob("*.safetensors")) / 2**20
     out: dict[str, Any] = {
@@ -387,9 +380,6 @@ def bench_memory(work: Path) -> dict:
 
 
 def environment() -> dict:
-    import torch
-    import transformers
-
     return {
         "date": time.strftime("%Y-%m-%d"),
         "machine": platform.machine(),
@@ -422,8 +412,6 @@ def run(
     `threads` pins torch's threads: on a shared 2-core machine two threads swing results 3x or more
     between runs, one thread stays within about 10%. The choice is recorded in the results.
     """
-    import torch
-
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -444,8 +432,6 @@ def _run(
     video_size: tuple[int, int],
     base_url: list[str] | None,
 ) -> dict:
-    import torch
-
     if name == "server" and not base_url:
         raise InputError("bench server — needs --base-url of a server serving --model")
     names = BENCHES if name == "all" else (name,)

@@ -22,16 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from mevqa.backends.base import load_backend
 from mevqa.backends.hf import TransformersBackend
+from mevqa.bench import environment, test_like_rows
 from mevqa.config import EvalConfig, FrameConfig, GenConfig, ModelSpec, TrainConfig
 from mevqa.data.synth import synthesize
 from mevqa.errors import InputError
-from mevqa.evaluation.runner import answer_rows
+from mevqa.evaluation.runner import Answerer, answer_rows, batches_of
 from mevqa.io import atomic_write
 from mevqa.models.loading import load_processor
 from mevqa.models.tiny import build_tiny
+from mevqa.train.loop import Trainer
 
 # Published config values (Qwen/Qwen2.5-VL-{3B,7B}-Instruct config.json); the vision tower is shared.
 VISION = dict(
@@ -83,8 +86,6 @@ def build_shape(shape: str, work: Path) -> Path:
         return tiny
     if shape not in SHAPES:
         raise InputError(f"--shape {shape!r} — choose one of tiny, {', '.join(SHAPES)}")
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
     s = dict(SHAPES[shape])
     mrope = s.pop("mrope")
     config = AutoConfig.from_pretrained(tiny)
@@ -119,8 +120,6 @@ def _sync() -> None:
 
 
 def eval_rows(work: Path, size: int) -> tuple[Path, list[dict]]:
-    from mevqa.bench import test_like_rows
-
     root = synthesize(work / "synthme", subjects=4, clips_per_subject=4, size=size, seed=1)
     return root, test_like_rows(root)
 
@@ -161,8 +160,6 @@ def _prefill_flops(
     backend: TransformersBackend, rows: list[dict], root: Path, p_lm: int, p_vis: int
 ) -> float:
     """2 * P * tokens over what the shared-prefix path really computes: one prefix per clip + the suffixes."""
-    from mevqa.evaluation.runner import Answerer, batches_of
-
     cfg = EvalConfig(
         data="-", out="-", model=ModelSpec(backend.model_id), root=str(root), frames=FrameConfig(frames=8)
     )
@@ -198,7 +195,6 @@ def bench_decode(
 
 def bench_train(model_dir: Path, root: Path, method: str, batch: int, steps: int, peak: float | None) -> dict:
     """LoRA / QLoRA r16 for `steps` optimizer steps (after 2 warm-up steps): samples/s, MFU, peak memory."""
-    from mevqa.train.loop import Trainer
 
     def trainer(n: int) -> Trainer:
         return Trainer(
@@ -244,8 +240,6 @@ def run(
     shape: str = "tiny", out: Path | None = None, sizes: tuple[int, ...] = (1, 4, 16, 32, 64), steps: int = 5
 ) -> dict:
     """Every GPU row for `shape`; writes gpu-<shape>.json and .md under `out`."""
-    from mevqa.bench import environment
-
     peak = peak_tflops()
     results: dict[str, Any] = {"environment": {**environment(), "shape": shape, "peak_bf16_tflops": peak}}
     with tempfile.TemporaryDirectory() as d:

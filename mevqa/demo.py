@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 from mevqa.cli import main as cli_main
+from mevqa.data.megc import read_jsonl, write_jsonl
+from mevqa.facs import COARSE_LABELS, FINE_LABELS
+from mevqa.prompts import classify
 
 RECIPES = Path(__file__).resolve().parent.parent / "adapters" / "recipes"
 
@@ -27,9 +30,6 @@ def pretraining_rows(rows: list[dict], seed: int = 0) -> list[dict]:
     The second kind teaches the label *vocabulary* (as a pretrained LM has it) without tying any label
     to what the clip shows: the order is random, so the visual mapping is left for the LoRA to learn.
     """
-    from mevqa.facs import COARSE_LABELS, FINE_LABELS
-    from mevqa.prompts import classify
-
     rng = random.Random(seed)
     out, clips = [], {}
     for r in rows:
@@ -65,8 +65,6 @@ def mevqa(*args: str) -> None:
 
 
 def build_inputs(out: Path) -> tuple[Path, Path]:
-    from mevqa.data.megc import read_jsonl, write_jsonl
-
     model, data = out / "tiny-qwen2_5_vl", out / "synthme"
     if not (model / "config.json").exists():
         step(f"building a tiny Qwen2.5-VL (random weights, local tokenizer) in {model}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import ProcessorMixin, TextIteratorStreamer
+from transformers import DynamicCache, ProcessorMixin, TextIteratorStreamer
 
 from mevqa.backends.base import Answer, Backend, VQARequest, oom_error, out_of_memory
 from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
@@ -62,7 +62,6 @@ class Prepared:
 
 def _stack(caches: list[Any], repeats: list[int], length: int) -> Any:
     """Per-clip KV caches as one: each left-padded (zeros, masked) to `length` and repeated per question."""
-    from transformers import DynamicCache
 
     def pad(t: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from tqdm import tqdm
 
 from mevqa import __version__
@@ -327,9 +328,8 @@ class Shard:
     def current(cls, device: str = "auto") -> Shard:
         if int(os.environ.get("WORLD_SIZE", "1")) < 2:
             return cls()
-        from accelerate import PartialState  # starts the process group (gloo on CPU, nccl on GPUs)
-
-        state = PartialState(cpu=pick_device(device) == "cpu")  # without cpu=True it stays 1 process
+        # starts the process group (gloo on CPU, nccl on GPUs); without cpu=True a CPU run stays 1 process
+        state = PartialState(cpu=pick_device(device) == "cpu")
         return cls(state.process_index, state.num_processes)
 
     @property
@@ -346,14 +346,10 @@ class Shard:
         """Under several processes each takes its own GPU (`auto` would put them all on cuda:0)."""
         if self.world < 2 or device != "auto":
             return device
-        from accelerate import PartialState
-
         return str(PartialState().device)
 
     def barrier(self) -> None:
         if self.world > 1:
-            from accelerate import PartialState
-
             PartialState().wait_for_everyone()
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import AutoConfig
 
 from mevqa.config import ModelSpec
 from mevqa.errors import InputError, ModelError
+from mevqa.io import atomic_dir
 from mevqa.models.loading import PICKLE_SUFFIXES, config_hash, hash_file, load_model, load_processor
 
 # The max_lora_rank values vLLM accepts (vllm/config/lora.py).
@@ -225,10 +227,6 @@ def merge(adapter: str | Path, model: str | None, out: str | Path) -> tuple[Path
     Always into the full-precision base: a QLoRA adapter was trained against a 4-bit copy of it, and the
     usual deployment merges into (or serves on) the unquantized weights. Returns (out, a note to print).
     """
-    from transformers import AutoConfig
-
-    from mevqa.io import atomic_dir
-
     rec = recipe(adapter)
     base = model or rec.get("base_model")
     if not base:
