@@ -117,19 +117,39 @@ def cli(*args: str) -> Result:
 
 def eval_cli(data, root, model, out, *extra) -> Result:
     return cli(
-        "eval",
-        "--data",
-        data,
-        "--root",
-        root,
-        "--model",
-        model,
-        "--out",
-        out,
+        *(["eval", "--data", data, "--root", root, "--model", model, "--out", out]),
         "--max-new-tokens",
         "12",
         *extra,
     )
+
+
+def train_args(synthme: Path, model: Path, out: Path, *extra) -> list[str]:
+    """`mevqa train` on SynthME, small and quick: 2 frames, lr 5e-3, no tracker."""
+    args = ["train", "--data", synthme / "train.jsonl", "--root", synthme, "--model", model, "--out", out]
+    return [
+        str(a)
+        for a in (*args, "--frames", "2", "--grad-accum", "1", "--lr", "0.005", "--report-to", "none", *extra)
+    ]
+
+
+def served_eval_args(synthme: Path, model: Path, out: Path, url: str, *extra) -> list[str]:
+    """`mevqa eval` of SynthME's train file through a server, one request at a time, never stopping on
+    errors: what the server-death tests run."""
+    args = ["eval", "--data", synthme / "train.jsonl", "--root", synthme, "--model", model, "--out", out]
+    server = [
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--concurrency",
+        "1",
+        "--batch-size",
+        "1",
+        "--retries",
+        "1",
+    ]
+    return [str(a) for a in (*args, *server, "--max-errors", "0", *extra)]
 
 
 def make_adapter(base: Path, out: Path, r: int = 8, recipe: dict | None = None, seed: int = 0) -> Path:
