@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import cli, make_adapter, run_cli
+from conftest import cli, eval_cli, make_adapter, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -184,21 +184,14 @@ def test_video_input_on_images_only_model(clips, tiny_idefics3):
 def test_clip_pattern_to_a_video_file_and_video_rows(synthme, tiny_qwen, tmp_path):
     """Patterns and `video` fields that name a file (not a folder) resolve to it."""
     rows = read_jsonl(synthme / "test.jsonl")[:2]
-    r = cli(
-        "eval",
-        "--data",
+    r = eval_cli(
         synthme / "test.jsonl",
-        "--root",
         synthme,
-        "--model",
         tiny_qwen,
-        "--out",
         tmp_path / "a",
         "--clip-pattern",
         "videos/{image_id}.mp4",
         "--limit",
-        "2",
-        "--max-new-tokens",
         "2",
     )
     assert r.returncode == 0 and "0 errors" in r.stdout, r.stdout + r.stderr
@@ -208,19 +201,7 @@ def test_clip_pattern_to_a_video_file_and_video_rows(synthme, tiny_qwen, tmp_pat
     ]
     data = tmp_path / "t.jsonl"
     data.write_text("".join(json.dumps(x) + "\n" for x in test_rows))
-    r = cli(
-        "eval",
-        "--data",
-        data,
-        "--root",
-        synthme / "videos",
-        "--model",
-        tiny_qwen,
-        "--out",
-        tmp_path / "b",
-        "--max-new-tokens",
-        "2",
-    )
+    r = eval_cli(data, synthme / "videos", tiny_qwen, tmp_path / "b")
     assert r.returncode == 0 and "0 errors" in r.stdout, r.stdout + r.stderr
 
 

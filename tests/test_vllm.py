@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli, free_port, make_adapter, served_eval_args, train_args
+from conftest import cli, eval_cli, free_port, make_adapter, served_eval_args, train_args
 
 from mevqa.data.megc import read_jsonl, row_id
 from mevqa.models.loading import config_hash
@@ -136,20 +136,7 @@ def as_tokens(text: str) -> str:
 
 
 def evaluate(synthme, tiny_qwen, out, *extra):
-    r = cli(
-        "eval",
-        "--data",
-        synthme / "test.jsonl",
-        "--root",
-        synthme,
-        "--model",
-        tiny_qwen,
-        "--out",
-        out,
-        "--max-new-tokens",
-        "8",
-        *extra,
-    )
+    r = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out, "--max-new-tokens", "8", *extra)
     assert r.returncode == 0, r.stdout + r.stderr
     preds = {row_id(p): p["answer"] for p in read_jsonl(Path(out) / "predictions.jsonl")}
     return preds, json.loads((Path(out) / "metrics.json").read_text())["overall"]
