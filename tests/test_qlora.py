@@ -8,10 +8,11 @@ import json
 import bitsandbytes as bnb
 import pytest
 import torch
-from conftest import cli
+from conftest import cli, eval_cli
+from test_train import batch_of, cfg_for
 
 from mevqa.backends.base import load_backend
-from mevqa.config import EvalConfig, FrameConfig, GenConfig, ModelSpec, TrainConfig, from_dict
+from mevqa.config import EvalConfig, FrameConfig, GenConfig, ModelSpec, TrainConfig
 from mevqa.data.megc import read_jsonl
 from mevqa.evaluation.runner import answer_rows
 from mevqa.models.loading import load_processor
@@ -20,22 +21,9 @@ from mevqa.train.model import build_model
 
 
 def qlora_cfg(synthme, tiny_qwen, out, **kw) -> TrainConfig:
-    base = {
-        "data": str(synthme / "train.jsonl"),
-        "out": str(out),
-        "model": str(tiny_qwen),
-        "root": str(synthme),
-        "frames": {"frames": 2},
-        "method": "qlora",
-        "batch_size": 4,
-        "grad_accum": 1,
-        "lr": 5e-3,
-        "max_steps": 30,
-        "save_every": 0,
-        "report_to": "none",
-        "question_types": ["coarse"],
-    }
-    return from_dict(TrainConfig, base | kw, "test")
+    """test_train's small recipe, as QLoRA on the coarse questions."""
+    base = {"method": "qlora", "batch_size": 4, "lr": 5e-3, "max_steps": 30, "question_types": ["coarse"]}
+    return cfg_for(synthme, tiny_qwen, out, **(base | kw))
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +33,6 @@ def qlora(synthme, tiny_qwen, tmp_path_factory):
 
 
 def test_one_qlora_step_changes_only_lora_weights(synthme, tiny_qwen, tmp_path):
-    from test_train import batch_of
-
     cfg = qlora_cfg(synthme, tiny_qwen, tmp_path / "q")
     model = build_model(cfg, "cpu")
     quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -94,18 +80,13 @@ def test_qlora_adapter_answers_alike_on_the_unquantized_and_the_4bit_base(qlora,
     with torch.no_grad():
         la, lb = full.model(**enc).logits[0, -1], four.model(**enc).logits[0, -1]
     assert (la - lb).abs().max() < 0.1 and la.argmax() == lb.argmax()
-    r = cli(
-        "eval",
-        "--data",
+    r = eval_cli(
         synthme / "test.jsonl",
-        "--root",
         synthme,
-        "--model",
         tiny_qwen,
+        out.parent / "e4",
         "--adapter",
         out,
-        "--out",
-        out.parent / "e4",
         "--load-in-4bit",
         "--frames",
         "2",

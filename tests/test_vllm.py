@@ -217,15 +217,10 @@ def test_offline_vllm_engine_equals_the_server(server, adapters, synthme, tiny_q
 
 
 def test_unknown_adapter_is_one_clear_error(server, synthme, tiny_qwen, tmp_path):
-    r = cli(
-        "eval",
-        "--data",
+    r = eval_cli(
         synthme / "test.jsonl",
-        "--root",
         synthme,
-        "--model",
         tiny_qwen,
-        "--out",
         tmp_path / "x",
         "--backend",
         "openai",
