@@ -32,6 +32,8 @@ fi
 # mevqa itself (for `--backend vllm`, the offline engine): its dependencies install beside vLLM's torch
 # and transformers without replacing them.
 $PIP install -q --no-deps -e .
-$PIP install -q decord opencv-python-headless pyyaml tqdm scikit-learn sacrebleu rouge-score matplotlib \
+# --no-warn-conflicts: mevqa also lists opencv-contrib (TV-L1) and tensorboard (training), which the vLLM
+# paths do not use; vLLM itself pins opencv-python-headless.
+$PIP install -q --no-warn-conflicts decord opencv-python-headless pyyaml tqdm scikit-learn sacrebleu rouge-score matplotlib \
   peft accelerate openpyxl
 "$VENV/bin/python" -c "import vllm, torchvision.transforms.v2, transformers, mevqa; print('vllm', vllm.__version__, 'ready in $VENV')"
