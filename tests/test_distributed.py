@@ -121,3 +121,37 @@ def test_two_processes_shard_eval_by_clip_and_merge(synthme, tiny_qwen, tmp_path
     assert r.returncode == 0 and f"{total - 10} answered this run" in r.stdout, r.stdout
     again = read_jsonl(tmp_path / "two" / "predictions.jsonl")
     assert [(row_id(x), x["answer"]) for x in again] == [(row_id(x), x["answer"]) for x in one]
+
+
+def test_fsdp_two_processes_train_like_one(synthme, tiny_qwen, tmp_path):
+    """FSDP (v2, parameters sharded over 2 processes) trains the same LoRA as one process: equal losses
+    and adapter weights, one adapter written."""
+    fsdp = [
+        str(ACCELERATE),
+        "launch",
+        "--config_file",
+        str(ROOT / "adapters/recipes/accelerate_fsdp_cpu_2proc.yaml"),
+    ]
+    same = ["--max-steps", "4", "--lora-dropout", "0"]
+    r = cli(*train_args(synthme, tiny_qwen, tmp_path / "one", "--batch-size", "4", *same))
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [
+            *fsdp,
+            "-m",
+            "mevqa",
+            *train_args(synthme, tiny_qwen, tmp_path / "fsdp", "--batch-size", "2", *same),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "metrics.json").read_text())["train_loss"]
+    b = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())["train_loss"]
+    assert [round(x, 4) for _, x in a] == pytest.approx([round(x, 4) for _, x in b], abs=2e-4)
+    from safetensors.torch import load_file
+
+    wa = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    wb = load_file(tmp_path / "fsdp" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
