@@ -38,7 +38,8 @@ LM_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gat
 
 def setting(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
     """A field with validation rules: `choices=(...)`, `min=N` (inclusive), `above=N` (exclusive),
-    `required=True` (must be non-empty); `aliases=("--old-flag",)` for the CLI. `Settings.__post_init__`
+    `required=True` (must be non-empty), `requires="field"` (that field of this spec must be non-empty);
+    `aliases=("--old-flag",)` for the CLI. `Settings.__post_init__`
     enforces the rules."""
     if isinstance(default, Settings):
         return field(default_factory=lambda: default, metadata=rules)
@@ -95,6 +96,8 @@ def _check(name: str, value: Any, t: Any, rules: typing.Mapping[str, Any]) -> No
         raise InputError(f"{name} = {value!r} — must be above {rules['above']}")
     if rules.get("pattern") and value is not None:
         _check_pattern(name, value)
+    if "requires" in rules:  # a spec whose field must be set here: a job needs ModelSpec.model
+        _check(rules["requires"], getattr(value, rules["requires"]), str, {"required": True})
     if rules.get("required") and not value:
         raise InputError(f"{name} — required (give --{name.replace('_', '-')} or set it in --config)")
 
@@ -270,7 +273,7 @@ class AskConfig(Settings):
         seed: random seed for sampled answers (--samples, --do-sample).
     """
 
-    model: ModelSpec = setting(ModelSpec())
+    model: ModelSpec = setting(ModelSpec(), requires="model")
     frames: FrameConfig = setting(FrameConfig())
     gen: GenConfig = setting(GenConfig())
     server: ServerSpec = setting(ServerSpec())
@@ -279,10 +282,6 @@ class AskConfig(Settings):
     apex: int | None = setting(None, min=0)
     offset: int | None = setting(None, min=0)
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check("model", self.model.model, str, {"required": True})
 
 
 @dataclass(frozen=True)
@@ -306,7 +305,7 @@ class EvalConfig(Settings):
 
     data: str = setting("", required=True)
     out: str = setting("", required=True)
-    model: ModelSpec = setting(ModelSpec())
+    model: ModelSpec = setting(ModelSpec(), requires="model")
     frames: FrameConfig = setting(FrameConfig())
     gen: GenConfig = setting(GenConfig())
     server: ServerSpec = setting(ServerSpec())
@@ -321,10 +320,6 @@ class EvalConfig(Settings):
     reuse: bool = True
     overwrite: bool = False
     max_errors: int = setting(20, min=0)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check("model", self.model.model, str, {"required": True})
 
 
 @dataclass(frozen=True)
@@ -361,7 +356,7 @@ class TrainConfig(Settings):
 
     data: str = setting("", required=True)
     out: str = setting("", required=True)
-    model: ModelSpec = setting(ModelSpec())
+    model: ModelSpec = setting(ModelSpec(), requires="model")
     frames: FrameConfig = setting(FrameConfig())
     gen: GenConfig = setting(GenConfig())
     lora: LoraSpec = setting(LoraSpec())
@@ -391,7 +386,6 @@ class TrainConfig(Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check("model", self.model.model, str, {"required": True})
         if self.model.adapter or self.model.backend != "transformers" or self.model.load_in_4bit:
             raise InputError(
                 "model.adapter / model.backend / model.load_in_4bit — not training settings: train takes a "
