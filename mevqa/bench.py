@@ -29,6 +29,7 @@ import transformers
 
 from mevqa.backends.base import Backend, load_backend
 from mevqa.backends.hf import TransformersBackend
+from mevqa.backends.openai_server import list_models
 from mevqa.config import EvalConfig, FrameConfig, GenConfig, ModelSpec, ServerSpec
 from mevqa.data.megc import read_jsonl
 from mevqa.data.qa import parse_au_codes
@@ -285,12 +286,7 @@ def bench_server(
 
 def served_by(base_url: str) -> str:
     """vLLM lists its models as owned by "vllm"; anything else is named by its URL."""
-    try:
-        owners = {
-            m.get("owned_by") for m in httpx.get(f"{base_url.rstrip('/')}/models", timeout=5).json()["data"]
-        }
-    except (httpx.HTTPError, ValueError, KeyError):
-        owners = set()
+    owners = {m.get("owned_by") for m in list_models(base_url, timeout=5)}
     return "vLLM" if "vllm" in owners else f"server {base_url}"
 
 

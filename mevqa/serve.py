@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from mevqa.backends.openai_server import auth
 from mevqa.config import VLLMSpec
 from mevqa.errors import InputError, ModelError
 from mevqa.models.adapters import (
@@ -183,7 +184,7 @@ def vllm_python(explicit: str | None = None) -> str | None:
 
 
 def wait_ready(proc: subprocess.Popen, url: str, api_key: str | None, timeout: float) -> None:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth(api_key)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:

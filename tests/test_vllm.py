@@ -33,6 +33,11 @@ pytestmark = pytest.mark.skipif(
 ENGINE = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--max-images", "8"]
 
 
+def vllm_env(cache: Path) -> dict[str, str]:
+    """A 1 GiB KV cache (this machine's memory is shared) and compile caches in a temporary folder."""
+    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(cache)}
+
+
 def descendants(pid: int) -> set[int]:
     """Every live process below `pid` (vLLM's API server, engine core and workers)."""
     children: dict[int, list[int]] = {}
@@ -75,7 +80,7 @@ class VLLMServer:
         args = ["serve", "--model", str(self.model), "--port", str(self.port), *ENGINE]
         for a in self.adapters:
             args += ["--adapter", a]
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(self.work / "vllm-cache")}
+        env = vllm_env(self.work / "vllm-cache")
         self.log = (self.work / "serve.log").open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mevqa", *args], env=env, stdout=self.log, stderr=subprocess.STDOUT
@@ -182,7 +187,7 @@ def test_offline_vllm_engine_equals_the_server(server, adapters, synthme, tiny_q
         "--adapter",
         str(adapters["trained"]),
     )
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp_path / "cache")}
+    env = vllm_env(tmp_path / "cache")
     out = tmp_path / "offline"
     r = subprocess.run(
         [

@@ -27,15 +27,33 @@ from mevqa.prompts import to_openai
 log = logging.getLogger(__name__)
 
 
+def auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def list_models(base_url: str, api_key: str | None = None, timeout: float = 10) -> list[dict]:
+    """GET /models of one server; nothing answering or an HTTP error is one clear `ModelError`."""
+    url = base_url.rstrip("/")
+    try:
+        r = httpx.get(f"{url}/models", headers=auth(api_key), timeout=timeout)
+    except httpx.TransportError as e:
+        raise ModelError(
+            f"--base-url {url} — nothing answers ({type(e).__name__}); is the server running?"
+        ) from None
+    if r.status_code >= 400:
+        raise ModelError(f"--base-url {url} — GET /models gave HTTP {r.status_code} ({r.text[:120]})")
+    try:
+        return list(r.json().get("data", []))
+    except (ValueError, AttributeError):
+        raise ModelError(f"--base-url {url} — GET /models did not answer a model list") from None
+
+
 def served_folder(base_url: str, adapter: str, api_key: str | None = None) -> str | None:
     """The folder a server loaded adapter NAME from (vLLM lists it as the module's `root`), if readable
     here: so `--adapter NAME` takes the adapter's recorded frame settings as `--adapter PATH` does."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        models = (
-            httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=10).json().get("data", [])
-        )
-    except (httpx.HTTPError, ValueError, AttributeError):
+        models = list_models(base_url, api_key)
+    except ModelError:
         return None  # the backend's own check says what is wrong, with the URL
     root = next((m.get("root") for m in models if m.get("id") == adapter and m.get("parent")), None)
     return root if root and Path(root, "adapter_config.json").is_file() else None
@@ -94,22 +112,11 @@ class OpenAIBackend(Backend):
         return backend
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return auth(self.api_key)
 
     def check(self) -> list[dict]:
         """GET /models on every base URL: fail early, with one clear line, if nothing answers."""
-        served: list[dict] = []
-        for url in self.base_urls:
-            try:
-                r = httpx.get(f"{url}/models", headers=self._headers(), timeout=min(self.timeout, 10))
-            except httpx.TransportError as e:
-                raise ModelError(
-                    f"--base-url {url} — nothing answers ({type(e).__name__}); is the server running?"
-                ) from None
-            if r.status_code >= 400:
-                raise ModelError(f"--base-url {url} — GET /models gave HTTP {r.status_code} ({r.text[:120]})")
-            served += r.json().get("data", [])
-        return served
+        return [m for url in self.base_urls for m in list_models(url, self.api_key, min(self.timeout, 10))]
 
     def _payload(self, r: VQARequest, gen: GenConfig, n: int, seed: int | None) -> dict[str, Any]:
         payload = {

@@ -26,23 +26,22 @@ def _settings(a: argparse.Namespace, command: str) -> AskConfig:
 
 def cmd_ask(a: argparse.Namespace) -> int:
     from mevqa.backends.base import VQARequest, load_backend
-    from mevqa.evaluation.parse import vote
+    from mevqa.evaluation.parse import voted
     from mevqa.inputs import load_clip, question_message
 
     cfg = _settings(a, "ask")
-    clip = load_clip(
-        a.clip, cfg.frames, cfg.onset, cfg.apex, cfg.offset
-    )  # bad clips fail before a model loads
+    # a bad clip fails before a model loads
+    clip = load_clip(a.clip, cfg.frames, cfg.onset, cfg.apex, cfg.offset)
     backend = load_backend(cfg.model, cfg.server, cfg.vllm)
     t0 = time.perf_counter()
     req = VQARequest("ask", (question_message(clip, a.question, cfg.frames),), seed=cfg.seed)
     (ans,) = backend.generate([req], cfg.gen)
+    ans = voted(a.question, ans)
     if ans.error:
         raise MevqaError(f"{a.clip} — the model failed on this clip: {ans.error}")
-    text = vote(a.question, list(ans.samples)) if ans.samples else ans.text
     if a.json:
         out = {
-            "answer": text,
+            "answer": ans.text,
             "model": cfg.model.model,
             "adapter": cfg.model.adapter,
             "frames": clip.indices,
@@ -52,7 +51,7 @@ def cmd_ask(a: argparse.Namespace) -> int:
             out["samples"] = list(ans.samples)
         print(json.dumps(out))
     else:
-        print(text)
+        print(ans.text)
     return 0
 
 

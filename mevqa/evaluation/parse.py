@@ -7,9 +7,11 @@ Lowercase and strip punctuation; in a sentence take `coarse expression class is 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 
+from mevqa.backends.base import Answer
 from mevqa.facs import AU_NAMES, LABEL_SETS, LABEL_SYNONYMS
 from mevqa.prompts import classify, combined_answer
 
@@ -79,3 +81,8 @@ def vote(question: str, samples: list[str]) -> str:
         return combined_answer(_majority_aus(samples), fine, coarse)
     texts = [normalise(s) for s in samples]
     return samples[texts.index(_majority(texts))]
+
+
+def voted(question: str, ans: Answer) -> Answer:
+    """The answer whose text is the vote of its samples (unchanged when there was one sample)."""
+    return dataclasses.replace(ans, text=vote(question, list(ans.samples))) if ans.samples else ans

@@ -31,7 +31,7 @@ from mevqa.backends.base import Answer, Backend, VQARequest, load_backend, oom_e
 from mevqa.config import EvalConfig, to_dict
 from mevqa.data.megc import clip_key, is_test_rows, read_jsonl, row_id, write_jsonl
 from mevqa.errors import InputError, MevqaError
-from mevqa.evaluation.parse import parse_label, vote
+from mevqa.evaluation.parse import parse_label, voted
 from mevqa.evaluation.report import write_outputs
 from mevqa.inputs import ClipParts
 from mevqa.io import disk_errors
@@ -243,12 +243,7 @@ class Answerer:
 
     def run(self, batch: Batch) -> list[tuple[dict, Answer]]:
         answers = self.backend.run(batch.prepared, self.cfg.gen) if batch.rows else []
-        return batch.failed + [(r, self._voted(r, a)) for r, a in zip(batch.rows, answers)]
-
-    def _voted(self, row: dict, ans: Answer) -> Answer:
-        if not ans.samples:
-            return ans
-        return dataclasses.replace(ans, text=vote(row["question"], list(ans.samples)))
+        return batch.failed + [(r, voted(r["question"], a)) for r, a in zip(batch.rows, answers)]
 
     def _coarse(self, group: list[dict]) -> str | None:
         """Hierarchical stage 1: the clip's coarse class, asked first so later answers can follow it."""
