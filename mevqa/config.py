@@ -31,6 +31,7 @@ FLOW_METHODS = ("farneback", "tvl1")
 BACKEND_NAMES = ("transformers", "openai", "vllm")
 PROMPT_STRATEGIES = ("plain", "labels", "hierarchical")
 METHODS = ("lora", "qlora", "full")
+FACE_MODES = ("none", "crop")
 # Language-model projections of Qwen2.5-VL (model.language_model.*) and Idefics3/SmolVLM (model.text_model.*):
 # what vLLM serves LoRA on by default.
 LM_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -190,6 +191,59 @@ class VLLMSpec(Settings):
 
 
 @dataclass(frozen=True)
+class FaceConfig(Settings):
+    """How a face is found, tracked and aligned in a video (mevqa/face.py: dlib's detector + 68 landmarks).
+
+    Attributes:
+        mode: crop (find, align and crop the face first: for uncropped videos) or none (the clip is
+            already a face crop, as the MEGC datasets ship them).
+        size: side of the aligned square face crop, in pixels.
+        eye_distance: distance between the eye centres in the crop, as a share of its side.
+        detect_every: seconds between full detections (landmarks follow the face in between).
+        max_gap: seconds a lost face keeps its last box before frames count as faceless.
+        smooth: landmark smoothing over time, 0 (none) to just below 1 (heavy): an exponential average.
+        detect_width: frames are shrunk to this width for detection (speed; landmarks use full size).
+    """
+
+    FLAG_PREFIX: ClassVar[str] = "face_"
+    mode: str = setting("none", choices=FACE_MODES, aliases=("--face",))
+    size: int = setting(224, min=32)
+    eye_distance: float = setting(0.36, above=0)
+    detect_every: float = setting(1.0, above=0)
+    max_gap: float = setting(0.5, min=0)
+    smooth: float = setting(0.6, min=0)
+    detect_width: int = setting(320, min=64)
+
+
+@dataclass(frozen=True)
+class SpotConfig(Settings):
+    """The training-free spotter (mevqa/spot.py): flow of the aligned face between frames i-k and i,
+    in the landmark regions, head motion removed, smoothed; peaks above a threshold become intervals.
+
+    Attributes:
+        face: the face stage (FaceConfig); the spotter always tracks and aligns the face unless --face none.
+        interval: seconds between the two frames whose flow is measured (k = interval x fps).
+        analysis_fps: videos faster than this are analysed at this rate (frame numbers stay the video's).
+        smooth: seconds of temporal smoothing of the motion signal.
+        threshold: peak threshold, as a share of the way from the signal's median to its maximum.
+        min_duration: shortest interval kept, in seconds.
+        max_duration: longest interval kept, in seconds (longer ones are split at their valleys).
+        micro_max: intervals up to this many seconds are micro-expressions, longer ones macro.
+        flow_size: side of the aligned face the flow is computed on, in pixels (smaller is faster).
+    """
+
+    face: FaceConfig = setting(FaceConfig(mode="crop"))
+    interval: float = setting(0.2, above=0)
+    analysis_fps: float = setting(50.0, above=0)
+    smooth: float = setting(0.1, min=0)
+    threshold: float = setting(0.3, above=0)
+    min_duration: float = setting(0.1, min=0)
+    max_duration: float = setting(4.0, above=0)
+    micro_max: float = setting(0.5, above=0)
+    flow_size: int = setting(112, min=16)
+
+
+@dataclass(frozen=True)
 class FrameConfig(Settings):
     """How a clip becomes model input.
 
@@ -204,6 +258,7 @@ class FrameConfig(Settings):
             by 1/fps; it was trained on ~2 fps samples, and 200 fps collapses all frames onto one id.
         flow_with_oao: with --input flow, show onset, apex and offset before the flow image.
         flow_method: optical flow for --input flow: farneback or tvl1 (OpenCV contrib's DualTVL1).
+        face: the face stage (FaceConfig): --face crop aligns and crops the face before sampling.
     """
 
     frames: int = setting(8, min=1)
@@ -214,6 +269,7 @@ class FrameConfig(Settings):
     video_fps: float = setting(2.0, above=0)
     flow_with_oao: bool = False
     flow_method: str = setting("farneback", choices=FLOW_METHODS)
+    face: FaceConfig = setting(FaceConfig())
 
 
 @dataclass(frozen=True)
