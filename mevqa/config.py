@@ -326,6 +326,7 @@ class AskConfig(Settings):
         onset: onset frame number (the file number in a folder, the 0-based index in a video).
         apex: apex frame number (estimated as the frame farthest from onset when not given).
         offset: offset frame number.
+        prompt: plain, labels (append the label set) or hierarchical (coarse first; the rest given it).
         seed: random seed for sampled answers (--samples, --do-sample).
     """
 
@@ -337,6 +338,7 @@ class AskConfig(Settings):
     onset: int | None = setting(None, min=0)
     apex: int | None = setting(None, min=0)
     offset: int | None = setting(None, min=0)
+    prompt: str = setting("plain", choices=PROMPT_STRATEGIES)
     seed: int = 0
 
 

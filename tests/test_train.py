@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -248,3 +249,53 @@ def test_eval_takes_the_adapters_recorded_input_mode(synthme, tiny_qwen, trained
     recorded = settings()
     assert recorded["frames"]["input"] == "diff" and recorded["prompt"] == "labels"
     assert settings("--input", "frames")["frames"]["input"] == "frames"  # a flag still overrides
+
+
+def test_every_entry_point_takes_an_adapter_mevqa_train_wrote(
+    synthme, tiny_qwen, trained, tmp_path, monkeypatch
+):
+    """`mevqa ask`/`chat` refused every trained adapter (`unknown key(s) prompt`): its mevqa.yaml records the
+    prompt strategy, which ask and chat now take (labels: the label set is appended, as eval does)."""
+    clip = synthme / "frames" / "s01_c01"
+    q = "What is the coarse expression class?"
+    r = cli("ask", clip, q, "--model", tiny_qwen, "--adapter", trained, "--max-new-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["adapter"] == str(trained)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{q}\n/quit\n"))
+    r = cli("chat", clip, "--model", tiny_qwen, "--adapter", trained, "--max-new-tokens", "4")
+    assert r.returncode == 0 and "mevqa> " in r.stdout, r.stderr
+    r = cli("serve", "--model", tiny_qwen, "--adapter", f"mine={trained}", "--dry-run")
+    assert r.returncode == 0 and "mine=" in r.stdout, r.stderr
+    r = cli(
+        "eval",
+        "--data",
+        synthme / "test.jsonl",
+        "--root",
+        synthme,
+        "--model",
+        tiny_qwen,
+        "--adapter",
+        trained,
+        "--out",
+        tmp_path / "e",
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "4",
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_ask_phrases_the_question_as_the_recorded_prompt(qwen, clips):
+    """The prompt strategy reaches ask: `labels` appends the label set, `hierarchical` asks coarse first."""
+    from mevqa.config import FrameConfig, GenConfig
+    from mevqa.evaluation.parse import prompted
+    from mevqa.inputs import load_clip, visual_parts
+    from mevqa.prompts import Q_FINE
+
+    parts = visual_parts(load_clip(str(clips["folder"]), FrameConfig(frames=2)), FrameConfig(frames=2))
+    q = Q_FINE
+    assert prompted(qwen, parts, q, "plain", GenConfig()) == q
+    assert prompted(qwen, parts, q, "labels", GenConfig()).startswith(q + " Answer with one of:")
+    hier = prompted(qwen, parts, q, "hierarchical", GenConfig(max_new_tokens=4))
+    assert hier.startswith(q) and len(hier) > len(q)

@@ -18,7 +18,7 @@ from PIL import Image
 from mevqa.backends.base import Answer, Backend, VQARequest
 from mevqa.config import FrameConfig, GenConfig
 from mevqa.errors import MevqaError
-from mevqa.evaluation.parse import parse_aus, parse_label
+from mevqa.evaluation.parse import parse_aus, parse_label, prompted
 from mevqa.facs import AU_LOOKS, AU_NAMES, COARSE_LABELS, EMOTION_AUS, FINE_TO_COARSE
 from mevqa.inputs import flow_field, flow_image, load_clip, region_motion, visual_parts
 from mevqa.prompts import Q_AU_MANY, Q_COARSE, Q_FINE, Message, Part, label_hint
@@ -143,12 +143,19 @@ class ChatSession:
         ctx: ClipContext,
         gen: GenConfig | None = None,
         tool_llm: Callable[[], Any] | None = None,
+        prompt: str = "plain",
     ):
         self.backend, self.ctx, self.gen, self.tool_llm = backend, ctx, gen or GenConfig(), tool_llm
+        self.prompt = prompt  # the prompt strategy an adapter was trained with (its mevqa.yaml)
         self.history: list[Message] = []
 
     def request(self, text: str) -> VQARequest:
-        turn = Message.user(*self.ctx.parts(), text) if not self.history else Message.user(text)
+        if not self.history:  # the first turn carries the frames, phrased as eval would phrase it
+            parts = self.ctx.parts()
+            return VQARequest(
+                "turn0", (Message.user(*parts, prompted(self.backend, parts, text, self.prompt, self.gen)),)
+            )
+        turn = Message.user(text)
         return VQARequest(f"turn{len(self.history) // 2}", (*self.history, turn))
 
     def send(self, text: str) -> Answer:

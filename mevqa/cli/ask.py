@@ -26,15 +26,18 @@ def _settings(a: argparse.Namespace, command: str) -> AskConfig:
 
 def cmd_ask(a: argparse.Namespace) -> int:
     from mevqa.backends.base import VQARequest, load_backend
-    from mevqa.evaluation.parse import voted
-    from mevqa.inputs import load_clip, question_message
+    from mevqa.evaluation.parse import prompted, voted
+    from mevqa.inputs import load_clip, visual_parts
+    from mevqa.prompts import Message
 
     cfg = _settings(a, "ask")
     # a bad clip fails before a model loads
     clip = load_clip(a.clip, cfg.frames, cfg.onset, cfg.apex, cfg.offset)
     backend = load_backend(cfg.model, cfg.server, cfg.vllm)
     t0 = time.perf_counter()
-    req = VQARequest("ask", (question_message(clip, a.question, cfg.frames),), seed=cfg.seed)
+    parts = visual_parts(clip, cfg.frames)
+    text = prompted(backend, parts, a.question, cfg.prompt, cfg.gen, cfg.seed)
+    req = VQARequest("ask", (Message.user(*parts, text),), seed=cfg.seed)
     (ans,) = backend.generate([req], cfg.gen)
     ans = voted(a.question, ans)
     if ans.error:
@@ -77,7 +80,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
     ctx = ClipContext(a.clip, cfg.frames, cfg.onset, cfg.apex, cfg.offset)
     ctx.parts()  # a bad clip fails here, before the model loads
     backend = load_backend(cfg.model, cfg.server, cfg.vllm)
-    session = ChatSession(backend, ctx, cfg.gen, tool_llm=_tool_llm(cfg, backend))
+    session = ChatSession(backend, ctx, cfg.gen, tool_llm=_tool_llm(cfg, backend), prompt=cfg.prompt)
     who = cfg.model.model + (f" + {cfg.model.adapter}" if cfg.model.adapter else "")
     print(f"chatting about {a.clip} with {who}. {CHAT_HELP}")
     session.repl(input, print)

@@ -11,9 +11,10 @@ import dataclasses
 import re
 from collections import Counter
 
-from mevqa.backends.base import Answer
+from mevqa.backends.base import Answer, Backend, VQARequest
+from mevqa.config import GenConfig
 from mevqa.facs import AU_NAMES, LABEL_SETS, LABEL_SYNONYMS
-from mevqa.prompts import classify, combined_answer
+from mevqa.prompts import Q_COARSE, Message, Part, classify, combined_answer, render_question
 
 _KEYS = {"coarse": "coarse expression class is", "fine": "fine-grained expression class is"}
 _AU_RE = re.compile(
@@ -86,3 +87,20 @@ def vote(question: str, samples: list[str]) -> str:
 def voted(question: str, ans: Answer) -> Answer:
     """The answer whose text is the vote of its samples (unchanged when there was one sample)."""
     return dataclasses.replace(ans, text=vote(question, list(ans.samples))) if ans.samples else ans
+
+
+def prompted(
+    backend: Backend, parts: list[Part], question: str, strategy: str, gen: GenConfig, seed: int | None = None
+) -> str:
+    """`question` as the prompt strategy sends it; `hierarchical` first asks the clip's coarse class (the
+    same stage 1 as `mevqa eval`), so ask, chat and eval phrase a question alike."""
+    return render_question(
+        question, strategy, ask_coarse(backend, parts, gen, seed) if strategy == "hierarchical" else None
+    )
+
+
+def ask_coarse(backend: Backend, parts: list[Part], gen: GenConfig, seed: int | None = None) -> str | None:
+    """Hierarchical stage 1: the clip's coarse class, asked first so later answers can follow it."""
+    text = render_question(Q_COARSE, "hierarchical")
+    (ans,) = backend.generate([VQARequest("coarse", (Message.user(*parts, text),), seed=seed)], gen)
+    return parse_label(ans.text, "coarse") if ans.ok else None

@@ -31,13 +31,13 @@ from mevqa.backends.base import Answer, Backend, VQARequest, load_backend, oom_e
 from mevqa.config import EvalConfig, to_dict
 from mevqa.data.megc import clip_key, is_test_rows, read_jsonl, row_id, write_jsonl
 from mevqa.errors import InputError, MevqaError
-from mevqa.evaluation.parse import parse_label, voted
+from mevqa.evaluation.parse import ask_coarse, voted
 from mevqa.evaluation.report import write_outputs
 from mevqa.inputs import ClipParts
 from mevqa.io import disk_errors
 from mevqa.models.adapters import adapter_fingerprint
 from mevqa.models.loading import config_hash, pick_device, weights_fingerprint
-from mevqa.prompts import Q_COARSE, Message, prompt_fingerprint, render_question
+from mevqa.prompts import Message, prompt_fingerprint, render_question
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +246,9 @@ class Answerer:
         return batch.failed + [(r, voted(r["question"], a)) for r, a in zip(batch.rows, answers)]
 
     def _coarse(self, group: list[dict]) -> str | None:
-        """Hierarchical stage 1: the clip's coarse class, asked first so later answers can follow it."""
-        probe = {**group[0], "question": Q_COARSE, "id": f"{row_id(group[0])}#coarse"}
+        probe = {**group[0], "id": f"{row_id(group[0])}#coarse"}
         probe.pop("video_id", None)
-        (ans,) = self.backend.generate(self.requests([probe]), self.cfg.gen)
-        return parse_label(ans.text, "coarse") if ans.ok else None
+        return ask_coarse(self.backend, self.parts(group[0]), self.cfg.gen, self._seed(probe))
 
 
 def batches_of(cfg: EvalConfig, rows: list[dict]) -> list[list[list[dict]]]:
