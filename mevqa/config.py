@@ -225,9 +225,10 @@ class SpotConfig(Settings):
         interval: seconds between the two frames whose flow is measured (k = interval x fps).
         analysis_fps: videos faster than this are analysed at this rate (frame numbers stay the video's).
         smooth: seconds of temporal smoothing of the motion signal.
-        threshold: peak threshold, as a share of the way from the signal's median to its maximum.
+        threshold: peak threshold in robust standard deviations above the signal's median (1.4826 x MAD):
+            relative to each video's own signal, so a noisy camera does not flood the output.
         min_duration: shortest interval kept, in seconds.
-        max_duration: longest interval kept, in seconds (longer ones are split at their valleys).
+        max_duration: longest interval kept, in seconds (longer motion is not an expression: talking, a turn).
         micro_max: intervals up to this many seconds are micro-expressions, longer ones macro.
         flow_size: side of the aligned face the flow is computed on, in pixels (smaller is faster).
     """
@@ -236,7 +237,7 @@ class SpotConfig(Settings):
     interval: float = setting(0.2, above=0)
     analysis_fps: float = setting(50.0, above=0)
     smooth: float = setting(0.1, min=0)
-    threshold: float = setting(0.3, above=0)
+    threshold: float = setting(5.0, above=0)
     min_duration: float = setting(0.1, min=0)
     max_duration: float = setting(4.0, above=0)
     micro_max: float = setting(0.5, above=0)
@@ -340,6 +341,32 @@ class AskConfig(Settings):
     offset: int | None = setting(None, min=0)
     prompt: str = setting("plain", choices=PROMPT_STRATEGIES)
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class SpotJob(Settings):
+    """`mevqa spot`: find expression intervals in long videos, resumably (one pass a video).
+
+    Attributes:
+        out: output folder: intervals.jsonl / intervals.csv, and per video its signal and timeline PNG.
+        spot: the spotter's settings (SpotConfig).
+        data: long-video annotation sheet (CSV/XLSX): spot its videos and score against it.
+        root: folder holding the videos of --data (VIDEO.mp4, VIDEO/ frame folders, or SUBJECT/VIDEO...).
+        fps: the videos' frame rate (default: a video file's own; a frame folder's is --folder-fps).
+        folder_fps: frame rate of a frame folder (SAMM long videos: 200).
+        tune: choose the threshold and interval that maximise spotting F1 on --data; writes
+            OUT/spot_recipe.yaml, which --config takes.
+        overwrite: discard earlier results in --out.
+    """
+
+    out: str = setting("", required=True)
+    spot: SpotConfig = setting(SpotConfig())
+    data: str | None = None
+    root: str | None = None
+    fps: float | None = setting(None, above=0)
+    folder_fps: float = setting(200.0, above=0)
+    tune: bool = False
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -508,13 +535,21 @@ def from_dict(cls: type[T], values: Any, source: str = "config", path: str = "")
     for k, v in values.items():
         t = hints(cls)[k]
         if dataclasses.is_dataclass(t):
-            kwargs[k] = from_dict(t, v, source, f"{path}{k}.")
+            kwargs[k] = from_dict(t, _over_default(fields[k], v), source, f"{path}{k}.")
         else:
             kwargs[k] = tuple(v) if isinstance(v, list) else v
     try:
         return cls(**kwargs)
     except InputError as e:
         raise InputError(f"{source}: {path}{e}") from None
+
+
+def _over_default(f: dataclasses.Field, values: Any) -> Any:
+    """A spec given in part is laid over its field's default, not its class's: `spot: {face: {size: 160}}`
+    keeps SpotConfig's face mode `crop` (FaceConfig's own default is `none`)."""
+    if not isinstance(values, dict) or f.default_factory is dataclasses.MISSING:
+        return values
+    return merge(to_dict(f.default_factory()), values)
 
 
 def to_dict(settings: Any) -> dict[str, Any]:

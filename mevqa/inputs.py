@@ -83,10 +83,16 @@ def load_clip(
     apex: int | None = None,
     offset: int | None = None,
 ) -> ClipFrames:
-    """Decode what `cfg.input` needs: keyframes for oao/flow/diff, else `cfg.sampling`."""
+    """Decode what `cfg.input` needs: keyframes for oao/flow/diff, else `cfg.sampling`; with `--face crop`
+    the frames are the aligned face (one alignment for the clip, so the movement itself is kept)."""
     if cfg.input in KEYFRAME_MODES:
         cfg = dataclasses.replace(cfg, sampling="keyframes")
-    return sample(path, cfg, onset, apex, offset)
+    clip = sample(path, cfg, onset, apex, offset)
+    if cfg.face.mode == "crop":
+        from mevqa.face import crop_clip
+
+        clip.frames = crop_clip(clip.frames, cfg.face)
+    return clip
 
 
 def visual_parts(clip: ClipFrames, cfg: FrameConfig) -> list[Part]:

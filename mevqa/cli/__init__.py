@@ -10,10 +10,10 @@ import sys
 import warnings
 
 from mevqa import __version__
-from mevqa.cli import ask, bench, cv, data, eval, models, serve, train
+from mevqa.cli import ask, bench, cv, data, eval, models, serve, spot, train
 from mevqa.errors import MevqaError
 
-COMMANDS = (ask, data, eval, train, cv, models, serve, bench)
+COMMANDS = (ask, data, eval, spot, train, cv, models, serve, bench)
 
 
 class Parser(argparse.ArgumentParser):

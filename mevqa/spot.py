@@ -1,0 +1,368 @@
+"""Find the moments a face moves like an expression in a long video, without training.
+
+The method is the one the MEGC literature uses as its training-free baseline (optical-flow magnitude in
+landmark regions, MEGC 2022): the face is tracked and aligned (`mevqa.face`), optical flow is computed
+between the aligned frames i-k and i (k from `SpotConfig.interval` in seconds, so 30 and 200 fps
+videos share settings), the head's own motion is removed by subtracting the nose bridge's flow, each
+region's residual magnitude is measured, the strongest region per frame is the signal, it is smoothed,
+and peaks above a threshold relative to the video's own signal (robust z-score: median + t x MAD) are
+expanded to their valleys into onset / apex / offset intervals.
+
+Memory stays flat in the video's length: frames are read in chunks and only the last k aligned faces are
+kept; the per-frame signal (a few floats a frame) is all that grows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from mevqa.config import FaceConfig, SpotConfig
+from mevqa.errors import InputError
+from mevqa.facs import REGION_ROWS
+from mevqa.video import Clip, open_clip
+
+log = logging.getLogger(__name__)
+
+# Regions whose residual motion is the signal; the nose bridge is the reference (it moves with the head,
+# never with an expression). Eyes are left out: blinks are the commonest facial motion and are not
+# annotated as expressions; eyelid AUs (5, 7) still move the brows' and cheeks' boxes enough to be seen.
+SIGNAL_REGIONS = ("brow_l", "brow_r", "nose", "mouth_l", "mouth_r")
+REFERENCE = "nose_bridge"
+CHUNK = 64  # frames decoded at a time
+
+
+@dataclass(frozen=True)
+class Event:
+    """A spotted interval in the video's own frame numbers (file numbers for folders)."""
+
+    onset: int
+    apex: int
+    offset: int
+    type: str  # micro or macro
+    score: float  # peak height in robust standard deviations above the median
+
+
+@dataclass
+class Signal:
+    """One video's motion signal: one value per analysed frame."""
+
+    frames: np.ndarray  # the video's frame numbers of the analysed frames
+    regions: np.ndarray  # (n, len(SIGNAL_REGIONS)) residual flow magnitude, pixels of the flow image
+    faceless: np.ndarray  # bool: no face was tracked on this frame
+    fps: float  # the analysed rate
+    video_fps: float
+    step: int  # analysed every `step`-th frame
+    k: int  # flow distance, in analysed frames
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def motion(self) -> np.ndarray:
+        """The strongest region per frame (NaN where faceless or within the first k frames)."""
+        return self.regions.max(axis=1) if len(self.regions) else np.zeros(0, np.float32)
+
+
+# ---------------------------------------------------------------- reading and the face stage
+def analysis_step(video_fps: float, analysis_fps: float) -> int:
+    """Analyse every n-th frame so the analysed rate is at most `analysis_fps` (200 fps -> 50: n = 4)."""
+    return max(1, int(math.floor(video_fps / analysis_fps + 1e-9)))
+
+
+def stream(
+    clip: Clip, step: int, on_short: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, RGB frame) for every `step`-th frame, decoded in chunks; a video whose header promised more
+    frames than it holds ends at its last decodable frame (reported through `on_short`)."""
+    indices = list(range(0, clip.num_frames, step))
+    for start in range(0, len(indices), CHUNK):
+        chunk = indices[start : start + CHUNK]
+        try:
+            frames = clip.read(chunk)
+        except InputError:
+            frames = _read_until_failure(clip, chunk)
+            if on_short:
+                on_short(chunk[len(frames)] if len(frames) < len(chunk) else chunk[-1])
+            yield from zip(chunk, frames)
+            return
+        yield from zip(chunk, frames)
+
+
+def _read_until_failure(clip: Clip, chunk: list[int]) -> list[np.ndarray]:
+    out = []
+    for i in chunk:
+        try:
+            out += clip.read([i])
+        except InputError:
+            break
+    return out
+
+
+def _band_boxes(size: int) -> dict[str, tuple[int, int, int, int]]:
+    """Region boxes for a face crop that was not aligned (`--face none`): the rows facs.py gives, halved."""
+    s = size
+
+    def box(x0: float, x1: float, rows: tuple[float, float]) -> tuple[int, int, int, int]:
+        return int(x0 * s), int(rows[0] * s), int(x1 * s), int(rows[1] * s)
+
+    return {
+        "brow_l": box(0.52, 0.85, REGION_ROWS["brows"]),
+        "brow_r": box(0.15, 0.48, REGION_ROWS["brows"]),
+        "nose": box(0.36, 0.64, REGION_ROWS["nose"]),
+        "mouth_l": box(0.5, 0.8, REGION_ROWS["mouth"]),
+        "mouth_r": box(0.2, 0.5, REGION_ROWS["mouth"]),
+        REFERENCE: box(0.42, 0.58, (0.36, 0.5)),
+    }
+
+
+def landmark_boxes(landmarks: np.ndarray, size: int) -> dict[str, tuple[int, int, int, int]]:
+    """Region boxes around the landmark groups of `mevqa.face.REGIONS`, padded, in a `size` square."""
+    from mevqa.face import REGIONS
+
+    pad = 0.06 * size
+    out = {}
+    for name in (*SIGNAL_REGIONS, REFERENCE):
+        pts = landmarks[list(REGIONS[name])]
+        x0, y0 = np.floor(pts.min(0) - pad).astype(int)
+        x1, y1 = np.ceil(pts.max(0) + pad).astype(int)
+        out[name] = (max(0, x0), max(0, y0), min(size, max(x1, x0 + 2)), min(size, max(y1, y0 + 2)))
+    return out
+
+
+class FaceStage:
+    """Frame -> (grey aligned face at the flow size, region boxes) or None when faceless."""
+
+    def __init__(self, face: FaceConfig, fps: float, flow_size: int):
+        self.size = flow_size
+        self.tracker = None
+        if face.mode == "crop":
+            from mevqa.face import FaceTracker
+
+            self.tracker = FaceTracker(face, fps)
+            self.scale = flow_size / face.size
+        self.bands = _band_boxes(flow_size)
+
+    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, dict] | None:
+        if self.tracker is None:
+            return _grey(frame, self.size), self.bands
+        face = self.tracker(frame)
+        if face is None:
+            return None
+        return _grey(face.crop, self.size), landmark_boxes(face.landmarks * self.scale, self.size)
+
+
+def _grey(rgb: np.ndarray, size: int) -> np.ndarray:
+    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA) if g.shape != (size, size) else g
+
+
+# ---------------------------------------------------------------- the signal
+def region_motion(
+    prev: np.ndarray, cur: np.ndarray, boxes: dict[str, tuple[int, int, int, int]]
+) -> np.ndarray:
+    """Residual flow magnitude per signal region: the region's mean flow minus the nose bridge's."""
+    flow = cv2.calcOpticalFlowFarneback(prev, cur, None, 0.5, 3, 9, 3, 5, 1.1, 0)
+    x0, y0, x1, y1 = boxes[REFERENCE]
+    ref = np.median(flow[y0:y1, x0:x1].reshape(-1, 2), axis=0)
+    out = np.empty(len(SIGNAL_REGIONS), np.float32)
+    for j, name in enumerate(SIGNAL_REGIONS):
+        x0, y0, x1, y1 = boxes[name]
+        d = flow[y0:y1, x0:x1] - ref
+        # the 90th percentile, not the mean: an AU moves part of a box (a mouth corner), noise moves all of it
+        out[j] = np.percentile(np.hypot(d[..., 0], d[..., 1]), 90)
+    return out
+
+
+def motion_signal(clip: Clip, cfg: SpotConfig, fps: float | None = None, progress: bool = False) -> Signal:
+    """Stream `clip` once and measure its motion signal (see the module docstring)."""
+    import time
+
+    from tqdm import tqdm
+
+    video_fps = fps or clip.fps
+    step = analysis_step(video_fps, cfg.analysis_fps)
+    rate = video_fps / step
+    k = max(1, round(cfg.interval * rate))
+    stage = FaceStage(cfg.face, rate, cfg.flow_size)
+    faces: deque = deque(maxlen=k + 1)  # the last k+1 analysed faces (None: faceless)
+    frames, rows, faceless = [], [], []
+    t = {"decode": 0.0, "face": 0.0, "flow": 0.0}
+    short = []
+    bar = tqdm(
+        total=math.ceil(clip.num_frames / step),
+        desc=f"spot {clip.path.name}",
+        unit="frame",
+        disable=not progress,
+        leave=False,
+    )
+    t0 = time.perf_counter()
+    for index, frame in stream(clip, step, short.append):
+        t1 = time.perf_counter()
+        face = stage(frame)
+        t2 = time.perf_counter()
+        faces.append(face)
+        prev = faces[0] if len(faces) == k + 1 else None
+        if face is None or prev is None:
+            rows.append(np.full(len(SIGNAL_REGIONS), np.nan, np.float32))
+        else:
+            rows.append(region_motion(prev[0], face[0], face[1]))
+        t3 = time.perf_counter()
+        t["decode"] += t1 - t0
+        t["face"] += t2 - t1
+        t["flow"] += t3 - t2
+        frames.append(clip_number(clip, index))
+        faceless.append(face is None)
+        bar.update()
+        t0 = time.perf_counter()
+    bar.close()
+    if short:
+        log.warning(
+            "%s: the header promises %d frames; decoding stopped at frame %d",
+            clip.path,
+            clip.num_frames,
+            short[0],
+        )
+    return Signal(
+        np.array(frames, int),
+        np.array(rows, np.float32).reshape(-1, len(SIGNAL_REGIONS)),
+        np.array(faceless, bool),
+        rate,
+        video_fps,
+        step,
+        k,
+        t,
+    )
+
+
+def clip_number(clip: Clip, index: int) -> int:
+    """The frame number the annotation sheets use: a video's index, a folder's file number."""
+    files = getattr(clip, "files", None)
+    if files is None:
+        return index
+    from mevqa.video import _frame_number
+
+    return _frame_number(files[index])[0]
+
+
+# ---------------------------------------------------------------- peaks -> intervals
+def smooth(x: np.ndarray, width: int) -> np.ndarray:
+    """Moving average over `width` frames (NaN-aware: faceless frames do not pull the signal down)."""
+    if width <= 1 or not len(x):
+        return x.copy()
+    valid = ~np.isnan(x)
+    kernel = np.ones(width) / width
+    num = np.convolve(np.where(valid, x, 0.0), kernel, mode="same")
+    den = np.convolve(valid.astype(float), kernel, mode="same")
+    return np.where(den > 0, num / np.maximum(den, 1e-9), np.nan)
+
+
+def threshold(x: np.ndarray, t: float) -> tuple[float, float, float]:
+    """(median, robust sigma, threshold) of a signal: median + t x 1.4826 x MAD."""
+    v = x[~np.isnan(x)]
+    if not len(v):
+        return 0.0, 0.0, math.inf
+    med = float(np.median(v))
+    sigma = 1.4826 * float(np.median(np.abs(v - med))) or float(v.std()) or 1e-6
+    return med, sigma, med + t * sigma
+
+
+def peaks(x: np.ndarray, level: float, min_gap: int) -> list[int]:
+    """Local maxima above `level`, the highest first kept when two are closer than `min_gap`."""
+    y = np.nan_to_num(x, nan=-np.inf)
+    cand = [
+        i
+        for i in range(len(y))
+        if y[i] > level and y[i] >= y[max(0, i - 1)] and y[i] >= y[min(len(y) - 1, i + 1)]
+    ]
+    kept: list[int] = []
+    for i in sorted(cand, key=lambda i: -y[i]):
+        if all(abs(i - j) >= min_gap for j in kept):
+            kept.append(i)
+    return sorted(kept)
+
+
+def expand(x: np.ndarray, p: int, floor: float) -> tuple[int, int]:
+    """Walk from peak `p` down to the valley on each side (where the signal turns up again or drops below
+    `floor`)."""
+    y = np.nan_to_num(x, nan=-np.inf)
+    lo = p
+    while lo > 0 and y[lo - 1] <= y[lo] and y[lo - 1] > floor:
+        lo -= 1
+    hi = p
+    while hi < len(y) - 1 and y[hi + 1] <= y[hi] and y[hi + 1] > floor:
+        hi += 1
+    return lo, hi
+
+
+def intervals(sig: Signal, cfg: SpotConfig) -> list[Event]:
+    """The signal's peaks as events in the video's frame numbers, merged where they overlap."""
+    x = smooth(sig.motion, max(1, round(cfg.smooth * sig.fps)))
+    med, sigma, level = threshold(x, cfg.threshold)
+    floor = med + 0.5 * sigma
+    spans = []
+    for p in peaks(x, level, max(1, sig.k)):
+        lo, hi = expand(x, p, floor)
+        # D(i) compares frame i with i-k, so a movement that ends at f still shows until f + k
+        hi = max(p, hi - sig.k)
+        spans.append([lo, p, hi, float((x[p] - med) / sigma)])
+    events = []
+    for lo, p, hi, score in _merge(spans):
+        onset, apex, offset = (int(sig.frames[i]) for i in (lo, p, hi))
+        seconds = (offset - onset + 1) / sig.video_fps
+        if cfg.min_duration <= seconds <= cfg.max_duration:
+            events.append(
+                Event(onset, apex, offset, "micro" if seconds <= cfg.micro_max else "macro", round(score, 2))
+            )
+    return events
+
+
+def _merge(spans: list[list]) -> list[list]:
+    out: list[list] = []
+    for s in sorted(spans):
+        if out and s[0] <= out[-1][2]:
+            last = out[-1]
+            if s[3] > last[3]:
+                last[1], last[3] = s[1], s[3]
+            last[2] = max(last[2], s[2])
+        else:
+            out.append(list(s))
+    return out
+
+
+def faceless_spans(sig: Signal) -> list[tuple[int, int]]:
+    """Runs of faceless frames, as (first, last) frame numbers."""
+    out, start = [], None
+    for i, f in enumerate(sig.faceless):
+        if f and start is None:
+            start = i
+        if not f and start is not None:
+            out.append((int(sig.frames[start]), int(sig.frames[i - 1])))
+            start = None
+    if start is not None:
+        out.append((int(sig.frames[start]), int(sig.frames[-1])))
+    return out
+
+
+def spot_video(
+    path: str, cfg: SpotConfig, fps: float | None = None, folder_fps: float = 200.0, progress: bool = False
+) -> tuple[list[Event], Signal]:
+    """Open one video (file or frame folder), measure its signal and spot its events."""
+    clip = open_clip(path, folder_fps)
+    if clip.num_frames < 2:
+        raise InputError(f"{path} — {clip.num_frames} frame; spotting needs a video of at least 2 frames")
+    sig = motion_signal(clip, cfg, fps, progress)
+    return intervals(sig, cfg), sig
+
+
+def nth_event(events: list[Event], n: int, path: str) -> Event:
+    """The n-th spotted event (1-based, in time order), or an error saying how many there are."""
+    if not 1 <= n <= len(events):
+        raise InputError(
+            f"{path} — event {n} asked for, but {len(events)} were spotted (mevqa spot shows them)"
+        )
+    return sorted(events, key=lambda e: e.onset)[n - 1]
