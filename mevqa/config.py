@@ -328,6 +328,9 @@ class AskConfig(Settings):
         apex: apex frame number (estimated as the frame farthest from onset when not given).
         offset: offset frame number.
         prompt: plain, labels (append the label set) or hierarchical (coarse first; the rest given it).
+        event: ask about the N-th expression event `mevqa spot` finds in the video (1 = the first in
+            time); its onset, apex and offset replace --onset/--apex/--offset.
+        spot_recipe: spotter settings for --event (the spot_recipe.yaml of `mevqa spot --tune`).
         seed: random seed for sampled answers (--samples, --do-sample).
     """
 
@@ -340,6 +343,8 @@ class AskConfig(Settings):
     apex: int | None = setting(None, min=0)
     offset: int | None = setting(None, min=0)
     prompt: str = setting("plain", choices=PROMPT_STRATEGIES)
+    event: int | None = setting(None, min=1)
+    spot_recipe: str | None = None
     seed: int = 0
 
 

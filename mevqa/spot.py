@@ -366,3 +366,19 @@ def nth_event(events: list[Event], n: int, path: str) -> Event:
             f"{path} — event {n} asked for, but {len(events)} were spotted (mevqa spot shows them)"
         )
     return sorted(events, key=lambda e: e.onset)[n - 1]
+
+
+def recipe_settings(path: str | None) -> SpotConfig:
+    """The `spot:` section of a recipe YAML (`mevqa spot --tune` writes one), or the defaults."""
+    from mevqa.config import from_dict, load_yaml
+
+    if not path:
+        return SpotConfig()
+    return from_dict(SpotConfig, load_yaml(path).get("spot", {}), path, "spot.")
+
+
+def event_frames(path: str, n: int, cfg: SpotConfig, folder_fps: float) -> tuple[int, int, int]:
+    """Onset, apex and offset of the n-th event spotted in `path`."""
+    events, _ = spot_video(path, cfg, None, folder_fps)
+    e = nth_event(events, n, path)
+    return e.onset, e.apex, e.offset

@@ -52,7 +52,7 @@ def test_tools_give_real_frames_and_flow(qwen, synthme):
     hits = 0
     for row in annotated(synthme)[:6]:
         ctx = ctx_for(synthme, row)
-        sample, flow, ref, ask_vlm = tools(ctx, qwen, GEN)
+        sample, flow, ref, ask_vlm, _spot = tools(ctx, qwen, GEN)
         out = sample.invoke({"type": "tool_call", "id": "1", "name": "sample_frames", "args": {"count": 4}})
         assert out.content == "4 frames (uniform)" and len(out.artifact) == 4
         assert out.artifact[0].size == (112, 112)

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from mevqa.backends.base import Answer, Backend, VQARequest
-from mevqa.config import FrameConfig, GenConfig
+from mevqa.config import FrameConfig, GenConfig, SpotConfig
 from mevqa.errors import MevqaError
 from mevqa.evaluation.parse import parse_aus, parse_label, prompted
 from mevqa.facs import AU_LOOKS, AU_NAMES, COARSE_LABELS, EMOTION_AUS, FINE_TO_COARSE
@@ -50,6 +50,21 @@ class ClipContext:
     def images(self, cfg: FrameConfig | None = None) -> list[Image.Image]:
         parts = self.parts(cfg)
         return [p for p in parts if isinstance(p, Image.Image)] or list(parts[0].frames)
+
+    def events(self) -> list[Any]:
+        """The expression events `mevqa spot` finds in this video (default settings), computed once."""
+        if "events" not in self._cache:
+            from mevqa.spot import spot_video
+
+            self._cache["events"] = spot_video(self.path, SpotConfig(), None, self.frames.folder_fps)[0]
+        return self._cache["events"]
+
+    def event(self, n: int) -> ClipContext:
+        """The same video narrowed to its n-th spotted event (onset, apex, offset from the spotter)."""
+        from mevqa.spot import nth_event
+
+        e = nth_event(self.events(), n, self.path)
+        return ClipContext(self.path, self.frames, e.onset, e.apex, e.offset)
 
     def flow(self) -> tuple[Image.Image, dict[str, float]]:
         """The onset -> apex flow image and per-region motion (pixels, 99th percentile)."""

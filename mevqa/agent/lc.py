@@ -6,6 +6,7 @@ the `app` extra.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 from collections.abc import Iterator
@@ -110,11 +111,21 @@ def tools(ctx: ClipContext, backend: Backend, gen: GenConfig) -> list[BaseTool]:
         return au_reference(query)
 
     @tool
-    def ask_vlm(question: str) -> str:
-        """Ask the vision-language model a question about the clip's frames."""
-        return ask(backend, ctx.parts(), question, gen)
+    def ask_vlm(question: str, event: int = 0) -> str:
+        """Ask the vision-language model a question about the clip's frames; event N > 0 asks about the
+        N-th expression event that `spot` found (its onset to offset) instead of the whole video."""
+        return ask(backend, (ctx.event(event) if event > 0 else ctx).parts(), question, gen)
 
-    return [sample_frames, optical_flow, au_reference_tool, ask_vlm]
+    @tool
+    def spot() -> str:
+        """Find the expression events in a long video: for each, onset, apex and offset frame numbers,
+        micro or macro, and a score; in time order (event 1 is the first)."""
+        events = ctx.events()
+        rows = [{"event": i + 1, **dataclasses.asdict(e)} for i, e in enumerate(events)]
+        micro = sum(e.type == "micro" for e in events)
+        return json.dumps({"events": len(events), "micro": micro, "macro": len(events) - micro, "list": rows})
+
+    return [sample_frames, optical_flow, au_reference_tool, ask_vlm, spot]
 
 
 def tool_agent(llm: Any, ctx: ClipContext, backend: Backend, gen: GenConfig, question: str) -> dict[str, Any]:

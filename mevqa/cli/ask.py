@@ -32,7 +32,8 @@ def cmd_ask(a: argparse.Namespace) -> int:
 
     cfg = _settings(a, "ask")
     # a bad clip fails before a model loads
-    clip = load_clip(a.clip, cfg.frames, cfg.onset, cfg.apex, cfg.offset)
+    keys = _keyframes(a.clip, cfg)
+    clip = load_clip(a.clip, cfg.frames, *keys)
     backend = load_backend(cfg.model, cfg.server, cfg.vllm)
     t0 = time.perf_counter()
     parts = visual_parts(clip, cfg.frames)
@@ -50,12 +51,23 @@ def cmd_ask(a: argparse.Namespace) -> int:
             "frames": clip.indices,
             "seconds": round(time.perf_counter() - t0, 3),
         }
+        if cfg.event:
+            out["event"] = dict(zip(("n", "onset", "apex", "offset"), (cfg.event, *keys)))
         if ans.samples:
             out["samples"] = list(ans.samples)
         print(json.dumps(out))
     else:
         print(ans.text)
     return 0
+
+
+def _keyframes(path: str, cfg: AskConfig) -> tuple[int | None, int | None, int | None]:
+    """--onset/--apex/--offset, or those of the spotted --event."""
+    if cfg.event is None:
+        return cfg.onset, cfg.apex, cfg.offset
+    from mevqa.spot import event_frames, recipe_settings
+
+    return event_frames(path, cfg.event, recipe_settings(cfg.spot_recipe), cfg.frames.folder_fps)
 
 
 def _tool_llm(cfg: AskConfig, backend: Any) -> Callable[[], Any] | None:
@@ -77,7 +89,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
     from mevqa.backends.base import load_backend
 
     cfg = _settings(a, "chat")
-    ctx = ClipContext(a.clip, cfg.frames, cfg.onset, cfg.apex, cfg.offset)
+    ctx = ClipContext(a.clip, cfg.frames, *_keyframes(a.clip, cfg))
     ctx.parts()  # a bad clip fails here, before the model loads
     backend = load_backend(cfg.model, cfg.server, cfg.vllm)
     session = ChatSession(backend, ctx, cfg.gen, tool_llm=_tool_llm(cfg, backend), prompt=cfg.prompt)
