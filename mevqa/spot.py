@@ -271,60 +271,44 @@ def threshold(x: np.ndarray, t: float) -> tuple[float, float, float]:
     return med, sigma, med + t * sigma
 
 
-def peaks(x: np.ndarray, level: float, min_gap: int) -> list[int]:
-    """Local maxima above `level`, the highest first kept when two are closer than `min_gap`."""
-    y = np.nan_to_num(x, nan=-np.inf)
-    cand = [
-        i
-        for i in range(len(y))
-        if y[i] > level and y[i] >= y[max(0, i - 1)] and y[i] >= y[min(len(y) - 1, i + 1)]
-    ]
-    kept: list[int] = []
-    for i in sorted(cand, key=lambda i: -y[i]):
-        if all(abs(i - j) >= min_gap for j in kept):
-            kept.append(i)
-    return sorted(kept)
+def peaks(
+    x: np.ndarray, level: float, prominence: float, min_gap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Peaks above `level` that also stand `prominence` above their surrounding valleys (the flank of a
+    bigger movement is not an event of its own), and each one's extent: where the signal falls back to a
+    quarter of the peak's height over its base. Returns (peaks, left, right) as frame positions."""
+    from scipy.signal import find_peaks, peak_widths
 
-
-def expand(x: np.ndarray, p: int, floor: float) -> tuple[int, int]:
-    """Walk from peak `p` down to the valley on each side (where the signal turns up again or drops below
-    `floor`)."""
-    y = np.nan_to_num(x, nan=-np.inf)
-    lo = p
-    while lo > 0 and y[lo - 1] <= y[lo] and y[lo - 1] > floor:
-        lo -= 1
-    hi = p
-    while hi < len(y) - 1 and y[hi + 1] <= y[hi] and y[hi + 1] > floor:
-        hi += 1
-    return lo, hi
+    y = np.nan_to_num(x, nan=float(np.nanmedian(x)) if np.isfinite(x).any() else 0.0)
+    p, _ = find_peaks(y, height=level, prominence=prominence, distance=max(1, min_gap))
+    if not len(p):
+        return p, p, p
+    _, _, left, right = peak_widths(y, p, rel_height=0.75)
+    return p, np.floor(left).astype(int), np.ceil(right).astype(int).clip(max=len(y) - 1)
 
 
 def intervals(sig: Signal, cfg: SpotConfig) -> list[Event]:
     """The signal's peaks as events in the video's frame numbers, merged where they overlap."""
     x = smooth(sig.motion, max(1, round(cfg.smooth * sig.fps)))
     med, sigma, level = threshold(x, cfg.threshold)
-    floor = med + 0.5 * sigma
-    spans = []
-    for p in peaks(x, level, max(1, sig.k)):
-        lo, hi = expand(x, p, floor)
-        # D(i) compares frame i with i-k, so a movement that ends at f still shows until f + k
-        hi = max(p, hi - sig.k)
-        spans.append([lo, p, hi, float((x[p] - med) / sigma)])
+    found, left, right = peaks(x, level, level - med, sig.k)
+    spans = [[lo, p, hi, float((x[p] - med) / sigma)] for p, lo, hi in zip(found, left, right)]
     events = []
     for lo, p, hi, score in _merge(spans):
+        # D(i) compares frame i with i-k, so a movement that ends at f still shows until f + k
+        hi = max(p, hi - sig.k)
         onset, apex, offset = (int(sig.frames[i]) for i in (lo, p, hi))
         seconds = (offset - onset + 1) / sig.video_fps
         if cfg.min_duration <= seconds <= cfg.max_duration:
-            events.append(
-                Event(onset, apex, offset, "micro" if seconds <= cfg.micro_max else "macro", round(score, 2))
-            )
+            kind = "micro" if seconds <= cfg.micro_max else "macro"
+            events.append(Event(onset, apex, offset, kind, round(score, 2)))
     return events
 
 
 def _merge(spans: list[list]) -> list[list]:
     out: list[list] = []
     for s in sorted(spans):
-        if out and s[0] <= out[-1][2]:
+        if out and s[0] <= out[-1][2] + 1:  # overlapping or touching: one movement
             last = out[-1]
             if s[3] > last[3]:
                 last[1], last[3] = s[1], s[3]
