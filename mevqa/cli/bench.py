@@ -15,6 +15,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         results = bench_gpu.run(a.shape, Path(a.out) if a.out else None)
         print(bench_gpu.markdown(results))
         return 0
+    if a.name == "spot":
+        from mevqa import bench_spot
+
+        print(bench_spot.markdown(bench_spot.run(Path(a.out) if a.out else None)))
+        return 0
     results = run(
         a.name,
         Path(a.out) if a.out else None,
@@ -38,12 +43,23 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         help="speed benchmarks, as ratios measured in one run",
         description="sampling: sparse vs full decode; reuse: per-clip reuse in eval; overhead: harness vs "
         "bare generate; batching: batch 8/32/64 per clip vs across clips; server: in-process vs a server; "
-        "flow: Farneback vs TV-L1; memory: 4-bit vs fp32 loading; gpu: the GPU rows (--shape); all: the CPU "
-        "ones.",
+        "flow: Farneback vs TV-L1; memory: 4-bit vs fp32 loading; spot: the spotter against real time, "
+        "its memory at 1-8 minutes of video; gpu: the GPU rows (--shape); all: the CPU ones.",
     )
     p.add_argument(
         "name",
-        choices=("sampling", "reuse", "overhead", "batching", "server", "flow", "memory", "gpu", "all"),
+        choices=(
+            "sampling",
+            "reuse",
+            "overhead",
+            "batching",
+            "server",
+            "flow",
+            "memory",
+            "spot",
+            "gpu",
+            "all",
+        ),
     )
     p.add_argument(
         "--shape",
