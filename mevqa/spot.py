@@ -352,13 +352,18 @@ def nth_event(events: list[Event], n: int, path: str) -> Event:
     return sorted(events, key=lambda e: e.onset)[n - 1]
 
 
-def recipe_settings(path: str | None) -> SpotConfig:
-    """The `spot:` section of a recipe YAML (`mevqa spot --tune` writes one), or the defaults."""
+def spot_settings(face: FaceConfig, recipe: str | None = None) -> SpotConfig:
+    """The spotter behind ask/chat `--event`, the agent's spot tool and the app: a recipe's settings (the
+    `spot:` section `mevqa spot --tune` writes) or the defaults, with the clip's own face stage (--face):
+    a clip that is already a face crop is not searched for a face."""
+    from dataclasses import replace
+
     from mevqa.config import from_dict, load_yaml
 
-    if not path:
-        return SpotConfig()
-    return from_dict(SpotConfig, load_yaml(path).get("spot", {}), path, "spot.")
+    cfg = (
+        from_dict(SpotConfig, load_yaml(recipe).get("spot", {}), recipe, "spot.") if recipe else SpotConfig()
+    )
+    return replace(cfg, face=face)
 
 
 def event_frames(path: str, n: int, cfg: SpotConfig, folder_fps: float) -> tuple[int, int, int]:

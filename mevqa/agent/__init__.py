@@ -8,6 +8,7 @@ coarse -> fine within that coarse class -> AUs -> a consistency check that flags
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from mevqa.backends.base import Answer, Backend, VQARequest
-from mevqa.config import FrameConfig, GenConfig, SpotConfig
+from mevqa.config import FrameConfig, GenConfig
 from mevqa.errors import MevqaError
 from mevqa.evaluation.parse import parse_aus, parse_label, prompted
 from mevqa.facs import AU_LOOKS, AU_NAMES, COARSE_LABELS, EMOTION_AUS, FINE_TO_COARSE
@@ -54,9 +55,10 @@ class ClipContext:
     def events(self) -> list[Any]:
         """The expression events `mevqa spot` finds in this video (default settings), computed once."""
         if "events" not in self._cache:
-            from mevqa.spot import spot_video
+            from mevqa.spot import spot_settings, spot_video
 
-            self._cache["events"] = spot_video(self.path, SpotConfig(), None, self.frames.folder_fps)[0]
+            cfg = spot_settings(self.frames.face)
+            self._cache["events"] = spot_video(self.path, cfg, None, self.frames.folder_fps)[0]
         return self._cache["events"]
 
     def event(self, n: int) -> ClipContext:
@@ -69,7 +71,7 @@ class ClipContext:
     def flow(self) -> tuple[Image.Image, dict[str, float]]:
         """The onset -> apex flow image and per-region motion (pixels, 99th percentile)."""
         if "flow" not in self._cache:
-            cfg = FrameConfig(input="flow", flow_method=self.frames.flow_method)
+            cfg = dataclasses.replace(self.frames, input="flow", flow_with_oao=False)
             onset, apex, _ = load_clip(self.path, cfg, self.onset, self.apex, self.offset).frames
             f = flow_field(onset, apex, cfg.flow_method)
             motion = {k: round(v, 3) for k, v in region_motion(f).items()}

@@ -65,9 +65,11 @@ def _keyframes(path: str, cfg: AskConfig) -> tuple[int | None, int | None, int |
     """--onset/--apex/--offset, or those of the spotted --event."""
     if cfg.event is None:
         return cfg.onset, cfg.apex, cfg.offset
-    from mevqa.spot import event_frames, recipe_settings
+    from mevqa.spot import event_frames, spot_settings
 
-    return event_frames(path, cfg.event, recipe_settings(cfg.spot_recipe), cfg.frames.folder_fps)
+    return event_frames(
+        path, cfg.event, spot_settings(cfg.frames.face, cfg.spot_recipe), cfg.frames.folder_fps
+    )
 
 
 def _tool_llm(cfg: AskConfig, backend: Any) -> Callable[[], Any] | None:
