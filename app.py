@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import os
 import shutil
 import signal
@@ -29,8 +30,17 @@ from typing import Any
 
 from mevqa.agent import ClipContext, agent_markdown, hierarchical
 from mevqa.backends.base import Backend, VQARequest, load_backend
-from mevqa.config import INPUT_MODES, PROMPT_STRATEGIES, FrameConfig, GenConfig, ModelSpec, ServerSpec
+from mevqa.config import (
+    INPUT_MODES,
+    PROMPT_STRATEGIES,
+    FaceConfig,
+    FrameConfig,
+    GenConfig,
+    ModelSpec,
+    ServerSpec,
+)
 from mevqa.errors import InputError, MevqaError
+from mevqa.evaluation.spot_run import event_label, timeline_png
 from mevqa.facs import REGION_ROWS
 from mevqa.models.adapters import recorded_settings
 from mevqa.prompts import TEMPLATE_EXAMPLES, Message, render_question
@@ -155,7 +165,7 @@ class Demo:
         self.backend, self.gen, self.limits, self.root = backend, GenConfig(), limits, root
         self.tool_llm = tool_llm  # the chat model that drives the tool agent: a served model that calls tools
 
-    def load(self, file, example, mode, frames, session):
+    def load(self, file, example, mode, frames, face, session):
         """Unpack the upload into a fresh folder of this session; decode the frames and the flow once."""
         session = session or tempfile.mkdtemp(prefix="session-", dir=self.root)
         if not (file or example):
@@ -164,14 +174,46 @@ class Demo:
             for old in Path(session).iterdir():  # this session's previous upload
                 shutil.rmtree(old, ignore_errors=True)
             clip = unpack_upload(file, Path(session), self.limits) if file else Path(example)
-            ctx = ClipContext(str(clip), FrameConfig(frames=int(frames), input=mode))
-            images = ctx.images(FrameConfig(frames=int(frames)))
-            flow, motion = ctx.flow()
+            cfg = FrameConfig(frames=int(frames), input=mode, face=FaceConfig(mode=face))
+            ctx = ClipContext(str(clip), cfg)
+            images, status = self._show(ctx, f"Loaded `{Path(file or example).name}`")
         except MevqaError as e:
             return None, [], None, f"**error:** {e}", session
-        top = max(REGION_ROWS, key=motion.get)
-        status = f"Loaded `{Path(file or example).name}`: {len(images)} frames; most motion: {top}."
-        return ctx, images, flow, status, session
+        return ctx, images, ctx.flow()[0], status, session
+
+    @staticmethod
+    def _show(ctx: ClipContext, what: str) -> tuple[list, str]:
+        images = ctx.images(dataclasses.replace(ctx.frames, input="frames"))
+        top = max(REGION_ROWS, key=ctx.flow()[1].get)
+        return images, f"{what}: {len(images)} frames; most motion: {top}."
+
+    def spot(self, ctx, session):
+        """Spot the expression events of the loaded video: the timeline picture and a list to choose from."""
+        import gradio as gr
+
+        if ctx is None:
+            return None, gr.update(choices=[], value=None), "Load a video first."
+        try:  # the whole video's events, also when an event is chosen
+            events, sig = ctx.events(), ctx.signal()
+            png = Path(session or self.root) / "timeline.png"
+            timeline_png(png, Path(ctx.path).name, sig, events, [], ctx.spot_settings())
+        except MevqaError as e:
+            return None, gr.update(choices=[], value=None), f"**error:** {e}"
+        choices = [event_label(i + 1, e, sig.video_fps) for i, e in enumerate(events)]
+        micro = sum(e.type == "micro" for e in events)
+        status = f"Spotted {len(events)} events ({micro} micro, {len(events) - micro} macro): choose one."
+        return str(png), gr.update(choices=choices, value=None), status
+
+    def pick(self, choice, ctx):
+        """Point the chat at the chosen event: its onset, apex and offset feed the input modes."""
+        if ctx is None or not choice:
+            return ctx, [], None, "Spot the events first, then choose one."
+        try:
+            narrowed = ctx.event(int(choice.split(":")[0]))
+            images, status = self._show(narrowed, f"Event {choice}")
+        except (MevqaError, ValueError) as e:
+            return ctx, [], None, f"**error:** {e}"
+        return narrowed, images, narrowed.flow()[0], status
 
     def _reply(self, message, ctx, mode, frames, prompt, agent, tools=False) -> Iterator[str]:
         if tools and self.tool_llm:
@@ -237,9 +279,16 @@ def _clip_column(demo: Demo, recorded: dict) -> dict[str, Any]:
         if demo.tool_llm
         else []
     )
+    c["face"] = gr.Radio(
+        ["none", "crop"], value="none", label="face: crop finds and aligns the face (uncropped videos)"
+    )
     c["status"] = gr.Markdown("Upload a clip or pick an example.", elem_id="status")
     c["gallery"] = gr.Gallery(label="sampled frames", columns=4, height=220, elem_id="frames")
     c["flow"] = gr.Image(label="optical flow (onset → apex)", height=200)
+    with gr.Accordion("Long video: spot the expression events", open=False):
+        c["spot"] = gr.Button("Spot events", size="sm")
+        c["timeline"] = gr.Image(label="timeline (signal, threshold, events)", height=160, elem_id="timeline")
+        c["events"] = gr.Dropdown([], label="events: choose one to ask about it", elem_id="events")
     return c
 
 
@@ -262,13 +311,28 @@ def _layout(demo: Demo, notice: str, recorded: dict):
                     ]
         # decoding runs beside other users' (4 at a time); the model answers one request at a time
         load_io = dict(
-            inputs=[c["upload"], c["example"], c["mode"], c["frames"], session],
+            inputs=[c["upload"], c["example"], c["mode"], c["frames"], c["face"], session],
             outputs=[clip_state, c["gallery"], c["flow"], c["status"], session],
             concurrency_limit=4,
             concurrency_id="decode",
         )
         c["upload"].change(demo.load, **load_io, api_name="load_clip")
         c["example"].change(demo.load, **load_io, api_visibility="private")
+        c["spot"].click(
+            demo.spot,
+            inputs=[clip_state, session],
+            outputs=[c["timeline"], c["events"], c["status"]],
+            concurrency_limit=2,
+            concurrency_id="decode",
+            api_name="spot",
+        )
+        c["events"].change(
+            demo.pick,
+            inputs=[c["events"], clip_state],
+            outputs=[clip_state, c["gallery"], c["flow"], c["status"]],
+            concurrency_id="decode",
+            api_name="pick_event",
+        )
         chat_io = dict(
             inputs=[box, chat, clip_state, c["mode"], c["frames"], c["prompt"], c["agent"], *c["tools"]],
             outputs=[chat, box],

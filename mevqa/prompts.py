@@ -36,6 +36,16 @@ Q_COMBINED_MANY = (
 )
 QUESTION_TYPES = ("coarse", "fine", "au_list", "au_presence", "au_side", "combined")
 
+# The six ME-LVQA (MEGC 2026 long-video) questions, verbatim; 5 and 6 are the type template with the
+# event's number in time order, always spelled `n-th` (`1-th`, `23-th`). Kept apart from QUESTION_TYPES:
+# those are the short-clip types the prompt strategies and their fingerprint cover.
+Q_LVQA_COUNT_ALL = "How many expression events appear in this video?"
+Q_LVQA_COUNT_MICRO = "How many micro-expression events appear in this video?"
+Q_LVQA_COUNT_MACRO = "How many macro-expression events appear in this video?"
+Q_LVQA_AUS = "What distinct action units appear in this video?"
+Q_LVQA_TYPE = "What is the expression type of the {n}-th expression event in this video?"
+LVQA_QUESTION_TYPES = ("lvqa_count_all", "lvqa_count_micro", "lvqa_count_macro", "lvqa_aus", "lvqa_type")
+
 TEMPLATE_EXAMPLES = (
     Q_COARSE,
     Q_FINE,
@@ -54,10 +64,18 @@ _FIXED = {
     Q_AU_MANY: "au_list",
     Q_COMBINED_ONE: "combined",
     Q_COMBINED_MANY: "combined",
+    Q_LVQA_COUNT_ALL: "lvqa_count_all",
+    Q_LVQA_COUNT_MICRO: "lvqa_count_micro",
+    Q_LVQA_COUNT_MACRO: "lvqa_count_macro",
+    Q_LVQA_AUS: "lvqa_aus",
 }
 _AU_QUESTION = re.compile(
     r"is the action unit (?P<name>.+?) "
     r"(?:(?P<p>shown on the face)|(?P<s>located on the left or right face))\?"
+)
+# the files write `1-th`; `1st`, `2nd`, `1th` are accepted too, so a rephrased ordinal still classifies
+_LVQA_TYPE_QUESTION = re.compile(
+    r"what is the expression type of the (?P<n>\d+) ?(?:-th|th|st|nd|rd) expression event in this video\?"
 )
 
 
@@ -78,13 +96,19 @@ _FIXED_NORM = {_norm(k): v for k, v in _FIXED.items()}
 
 
 def classify(question: str) -> tuple[str, str | None]:
-    """(question type, AU name for templates 4-5). Unknown questions are type "free" (chat)."""
+    """(question type, AU name for templates 4-5 or the event number of "lvqa_type").
+
+    Unknown questions are type "free" (chat).
+    """
     q = _norm(question)
     if q in _FIXED_NORM:
         return _FIXED_NORM[q], None
     m = _AU_QUESTION.fullmatch(q)
     if m:
         return ("au_presence" if m.group("p") else "au_side"), m.group("name")
+    m = _LVQA_TYPE_QUESTION.fullmatch(q)
+    if m:
+        return "lvqa_type", str(int(m.group("n")))
     return "free", None
 
 

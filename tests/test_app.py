@@ -77,7 +77,9 @@ def test_upload_and_ask_with_gradio_client(app_url, synthme, tmp_path):
 
     client = Client(app_url, verbose=False)
     clip = synthme / "videos" / f"{sorted(p.name for p in (synthme / 'frames').iterdir())[0]}.mp4"
-    gallery, flow, status = client.predict(handle_file(str(clip)), None, "frames", 4, api_name="/load_clip")
+    gallery, flow, status = client.predict(
+        handle_file(str(clip)), None, "frames", 4, "none", api_name="/load_clip"
+    )
     assert "Loaded" in status and len(gallery) == 4 and flow
     history, _ = client.predict(Q, [], "frames", 4, "labels", False, api_name="/ask")
     answer = history[-1]["content"]
@@ -86,9 +88,11 @@ def test_upload_and_ask_with_gradio_client(app_url, synthme, tmp_path):
     # a text file renamed .mp4: a message in the UI, and the app keeps working
     fake = tmp_path / "notes.mp4"
     fake.write_text("this is not a video\n")
-    _, _, status = client.predict(handle_file(str(fake)), None, "frames", 4, api_name="/load_clip")
+    _, _, status = client.predict(handle_file(str(fake)), None, "frames", 4, "none", api_name="/load_clip")
     assert status.startswith("**error:**") and "notes.mp4" in status
-    gallery, _, status = client.predict(handle_file(str(clip)), None, "frames", 4, api_name="/load_clip")
+    gallery, _, status = client.predict(
+        handle_file(str(clip)), None, "frames", 4, "none", api_name="/load_clip"
+    )
     assert "Loaded" in status and len(gallery) == 4
     history, _ = client.predict(Q, [], "frames", 4, "plain", True, api_name="/ask")  # agent mode
     last = history[-1]["content"]
@@ -161,8 +165,8 @@ def test_users_do_not_share_uploads(app_url, work, tmp_path):
 
     a, b = Client(app_url, verbose=False), Client(app_url, verbose=False)
     za, zb = zip_of(tmp_path / "a", 6, 64), zip_of(tmp_path / "b", 9, 96)
-    ga, _, sa = a.predict(handle_file(str(za)), None, "frames", 4, api_name="/load_clip")
-    gb, _, sb = b.predict(handle_file(str(zb)), None, "frames", 4, api_name="/load_clip")
+    ga, _, sa = a.predict(handle_file(str(za)), None, "frames", 4, "none", api_name="/load_clip")
+    gb, _, sb = b.predict(handle_file(str(zb)), None, "frames", 4, "none", api_name="/load_clip")
     assert "Loaded `clip.zip`" in sa and "Loaded `clip.zip`" in sb
     clips = sorted(work.glob("mevqa-app-*/session-*/clip-*"))
     assert len(clips) == 2 and sorted(len(list(c.iterdir())) for c in clips) == [6, 9]
@@ -174,7 +178,10 @@ def test_hidden_endpoints_stay_hidden(app_url):
     from gradio_client import Client
 
     api = Client(app_url, verbose=False).view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/load_clip", "/ask"} and not api["unnamed_endpoints"]
+    assert (
+        set(api["named_endpoints"]) == {"/load_clip", "/ask", "/spot", "/pick_event"}
+        and not api["unnamed_endpoints"]
+    )
 
 
 def test_upload_caps_before_extracting(tmp_path):

@@ -52,21 +52,33 @@ class ClipContext:
         parts = self.parts(cfg)
         return [p for p in parts if isinstance(p, Image.Image)] or list(parts[0].frames)
 
-    def events(self) -> list[Any]:
-        """The expression events `mevqa spot` finds in this video (default settings), computed once."""
-        if "events" not in self._cache:
-            from mevqa.spot import spot_settings, spot_video
+    def spot_settings(self) -> Any:
+        from mevqa.spot import spot_settings
 
-            cfg = spot_settings(self.frames.face)
-            self._cache["events"] = spot_video(self.path, cfg, None, self.frames.folder_fps)[0]
-        return self._cache["events"]
+        return spot_settings(self.frames.face)
+
+    def _spotted(self) -> tuple[list[Any], Any]:
+        """The video's events and motion signal (`mevqa spot`), computed once and shared with the events'
+        contexts: choosing another event does not spot the video again."""
+        if "spot" not in self._cache:
+            from mevqa.spot import spot_video
+
+            self._cache["spot"] = spot_video(self.path, self.spot_settings(), None, self.frames.folder_fps)
+        return self._cache["spot"]
+
+    def events(self) -> list[Any]:
+        """The expression events spotted in the whole video, in time order."""
+        return self._spotted()[0]
+
+    def signal(self) -> Any:
+        return self._spotted()[1]
 
     def event(self, n: int) -> ClipContext:
         """The same video narrowed to its n-th spotted event (onset, apex, offset from the spotter)."""
         from mevqa.spot import nth_event
 
         e = nth_event(self.events(), n, self.path)
-        return ClipContext(self.path, self.frames, e.onset, e.apex, e.offset)
+        return ClipContext(self.path, self.frames, e.onset, e.apex, e.offset, {"spot": self._spotted()})
 
     def flow(self) -> tuple[Image.Image, dict[str, float]]:
         """The onset -> apex flow image and per-region motion (pixels, 99th percentile)."""

@@ -46,7 +46,57 @@ def _unique(rows: list[dict], path: str) -> None:
         raise InputError(f"{path} — {len(dup)} duplicate id(s) (first: {dup[0]}); each question once")
 
 
+def _gold_answered(rows: list[dict], path: str) -> None:
+    if not any(str(r.get("answer", "")).strip() for r in rows):
+        raise InputError(f"--gold {path} — has no answers (a test file to answer?); score needs gold answers")
+
+
+def _score_long(a: argparse.Namespace) -> dict:
+    """Metrics of the long-video tasks: spot and str read interval files, lvqa question JSONL."""
+    from mevqa.data.longvideo import read_intervals
+    from mevqa.data.megc import read_jsonl
+    from mevqa.evaluation import spotting
+
+    if not 0 < a.iou <= 1:
+        raise InputError(f"--iou {a.iou} — must be in (0, 1]")
+    if a.task == "lvqa":
+        gold, pred = read_jsonl(a.gold), read_jsonl(a.pred, required=("answer",))
+        _unique(gold, a.gold)
+        _unique(pred, a.pred)
+        _gold_answered(gold, a.gold)
+        return spotting.lvqa_scores(pred, gold)
+    gold, pred = read_intervals(a.gold), read_intervals(a.pred)
+    if not gold:
+        raise InputError(f"--gold {a.gold} — has no intervals; score needs the ground truth")
+    if a.task == "spot":
+        return spotting.spotting_scores(pred, gold, a.iou)
+    return {"official": spotting.strs_official(pred, gold), "strict": spotting.strs_strict(pred, gold, a.iou)}
+
+
+def _write_long(a: argparse.Namespace, metrics: dict) -> None:
+    from mevqa.evaluation.report import write_json
+    from mevqa.evaluation.spotting import format_report
+    from mevqa.io import atomic_write
+
+    out = Path(a.out)
+    write_json(out / "metrics.json", metrics)
+    title = {"spot": "spotting", "str": "ME-STR (STRS)", "lvqa": "ME-LVQA"}[a.task]
+    md = [f"# mevqa {title} scores", "", f"- predictions: `{a.pred}`", f"- gold: `{a.gold}`", ""]
+    md += [format_report(a.task, metrics, markdown=True), ""]
+    if a.task == "str":
+        md += ["official: the organisers' evaluator and its quirks; strict: one-to-one, every interval.", ""]
+    atomic_write(out / "report.md", "\n".join(md))
+
+
 def cmd_score(a: argparse.Namespace) -> int:
+    if a.task != "vqa":
+        from mevqa.evaluation.spotting import format_report, to_json
+
+        metrics = to_json(_score_long(a))
+        if a.out:
+            _write_long(a, metrics)
+        print(json.dumps(metrics, indent=2) if a.json else format_report(a.task, metrics))
+        return 0
     from mevqa.data.megc import read_jsonl, row_id
     from mevqa.evaluation.metrics import score_rows
     from mevqa.evaluation.report import format_table, write_json
@@ -54,10 +104,7 @@ def cmd_score(a: argparse.Namespace) -> int:
     gold, pred = read_jsonl(a.gold), read_jsonl(a.pred, required=("answer",))
     _unique(gold, a.gold)
     _unique(pred, a.pred)
-    if not any(str(r.get("answer", "")).strip() for r in gold):
-        raise InputError(
-            f"--gold {a.gold} — has no answers (a test file to answer?); score needs gold answers"
-        )
+    _gold_answered(gold, a.gold)
     answers = {row_id(r): str(r.get("answer", "")) for r in pred}
     unknown = set(answers) - {row_id(r) for r in gold}
     if unknown:
@@ -87,11 +134,27 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "score",
         parents=[common],
         help="score predictions against gold answers (MEGC metrics)",
-        description="Match rows by id / video_id, read labels from free text, compute UF1/UAR/...",
+        description="Match rows by id / video_id, read labels from free text, compute UF1/UAR/... "
+        "(--task vqa); or score long-video tasks: interval spotting P/R/F1 (spot), STRS official and strict "
+        "(str), ME-LVQA counts/AUs/types (lvqa).",
     )
-    p.add_argument("--pred", required=True, help="predictions JSONL: rows with id (or video_id) and answer")
-    p.add_argument("--gold", required=True, help="gold JSONL with answers")
-    p.add_argument("--out", help="folder for metrics.json")
+    p.add_argument(
+        "--task",
+        choices=("vqa", "spot", "str", "lvqa"),
+        default="vqa",
+        help="vqa: ME-VQA JSONL (default); spot, str: interval CSV/JSONL files; lvqa: ME-LVQA JSONL",
+    )
+    p.add_argument(
+        "--pred", required=True, help="predictions: JSONL rows with id (or video_id) and answer, or intervals"
+    )
+    p.add_argument("--gold", required=True, help="gold: JSONL with answers, or intervals (spot, str)")
+    p.add_argument("--out", help="folder for metrics.json (and report.md for spot, str, lvqa)")
+    p.add_argument(
+        "--iou",
+        type=float,
+        default=0.5,
+        help="spot, str strict: IoU a hit needs (the official STRS uses 0.5)",
+    )
     p.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
     p.add_argument(
         "--label-set",

@@ -102,7 +102,8 @@ class FacePainter:
         else:
             cv2.polylines(img, [arr], closed, color, max(1, int(thick * self.s)), cv2.LINE_AA, self.SHIFT)
 
-    def draw(self, aus: list[AU], k: float) -> np.ndarray:
+    def draw(self, aus: list[AU], k: float, blink: float = 0.0) -> np.ndarray:
+        """`k` may exceed 1 (macro-expressions); `blink` closes both upper lids (0 open .. 1 shut)."""
         i, s, A = self.i, self.s, AMPLITUDE * k
         img = np.full((s, s, 3), 60, np.uint8)
         cv2.ellipse(
@@ -120,7 +121,7 @@ class FacePainter:
         dark = tuple(int(c * 0.35) for c in i.skin)
         for side in (-1, 1):
             self._brow(img, aus, side, A, dark)
-            self._eye(img, aus, side, A, dark)
+            self._eye(img, aus, side, A, dark, blink)
         self._nose(img, aus, A, dark)
         self._mouth(img, aus, A)
         chin_y = i.cy + i.face_h * 0.78 - A * 0.5 * _centre(aus, 17) + A * 0.8 * _centre(aus, 26)
@@ -140,7 +141,7 @@ class FacePainter:
         ]
         self._poly(img, pts, color, 0.014)
 
-    def _eye(self, img, aus, side, A, color):
+    def _eye(self, img, aus, side, A, color, blink=0.0):
         i = self.i
         ex, ey = i.cx + side * i.eye_dx, i.eye_y
         up = 0.022 + 0.5 * A * _act(aus, 5, side) - 0.3 * A * _act(aus, 7, side)
@@ -150,6 +151,10 @@ class FacePainter:
         lower = [(ex + x, ey + low * math.sqrt(max(0.0, 1 - (x / 0.045) ** 2))) for x in xs[::-1]]
         self._poly(img, upper + lower, (245, 245, 245), 0, fill=True)
         cv2.circle(img, self._pt(ex, ey), int(0.012 * self.s * 16), (40, 30, 20), -1, cv2.LINE_AA, self.SHIFT)
+        if blink > 0:  # the upper lid slides down over the eye: skin from the open lid line to its new edge
+            lid = [(x, y + blink * (ly - y)) for (x, y), (_, ly) in zip(upper, lower[::-1], strict=True)]
+            self._poly(img, upper + lid[::-1], i.skin, 0, fill=True)
+            upper = lid
         self._poly(img, upper, color, 0.006)
         cheek_y = ey + 0.09 - 0.6 * A * _act(aus, 6, side)
         self._poly(
@@ -178,20 +183,22 @@ class FacePainter:
             )
         w9 = _centre(aus, 9)
         if w9:  # wrinkles across the bridge fade in with intensity
-            shade = tuple(int(c * (1 - 0.3 * A / AMPLITUDE * w9)) for c in i.skin)
+            shade = tuple(int(c * max(0.0, 1 - 0.3 * A / AMPLITUDE * w9)) for c in i.skin)
             for dy in (0.05, 0.07):
                 self._poly(img, [(i.cx - 0.03, i.eye_y + dy), (i.cx + 0.03, i.eye_y + dy)], shade, 0.005)
 
     def _mouth(self, img, aus, A):
         i = self.i
-        my, lip = i.mouth_y, i.lip * (1 - 0.5 * A / AMPLITUDE * max(_centre(aus, 23), _centre(aus, 24)))
+        # max(0, ...): a macro-expression (k > 1) presses the lips to a line, never inside out
+        press = max(_centre(aus, 23), _centre(aus, 24))
+        my, lip = i.mouth_y, i.lip * max(0.0, 1 - 0.5 * A / AMPLITUDE * press)
         corners = []
         for side in (-1, 1):
             dx = (0.5 * _act(aus, 12, side) - 0.7 * _act(aus, 14, side) + 0.8 * _act(aus, 20, side)) * A
             dy = (-1.0 * _act(aus, 12, side) + 0.8 * _act(aus, 15, side)) * A
             corners.append((i.cx + side * (i.mouth_w + dx), my + dy))
             if _act(aus, 14, side):  # the dimple deepens (darkens) with intensity
-                shade = tuple(int(c * (1 - 0.45 * A / AMPLITUDE)) for c in i.skin)
+                shade = tuple(int(c * max(0.0, 1 - 0.45 * A / AMPLITUDE)) for c in i.skin)
                 cv2.circle(
                     img,
                     self._pt(corners[-1][0] + side * 0.018, corners[-1][1]),
@@ -233,8 +240,8 @@ class SynthClip:
     peak: float
 
 
-def plan_clip(rng: np.random.Generator, subject: str, name: str, fps: float) -> SynthClip:
-    """Choose emotion, AUs (with sides), timing and peak intensity for one clip."""
+def choose_expression(rng: np.random.Generator) -> tuple[str, list[AU]]:
+    """An emotion and the AUs (with sides) of one of its recipes."""
     # Coarse classes are drawn evenly (then the fine emotion within it), so that a held-out split of a few
     # dozen clips has every coarse class; real sets are skewed to negative, which UF1/UAR then average out.
     coarse = str(rng.choice(["positive", "negative", "surprise"]))
@@ -249,6 +256,12 @@ def plan_clip(rng: np.random.Generator, subject: str, name: str, fps: float) -> 
         elif rng.random() < 0.15:
             side = str(rng.choice(["L", "R"]))
         aus.append(AU(int(code), side))
+    return emotion, aus
+
+
+def plan_clip(rng: np.random.Generator, subject: str, name: str, fps: float) -> SynthClip:
+    """Choose emotion, AUs (with sides), timing and peak intensity for one clip."""
+    emotion, aus = choose_expression(rng)
     dur = rng.uniform(0.2, 0.5)  # seconds, onset -> offset
     lead, tail = int(rng.uniform(0.08, 0.2) * fps), int(rng.uniform(0.08, 0.2) * fps)
     span = max(4, int(round(dur * fps)))

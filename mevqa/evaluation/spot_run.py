@@ -108,6 +108,12 @@ def spot_one(name: str, path: Path, job: SpotJob, gold: list[Interval] | None, f
     }
 
 
+def event_label(n: int, e: Event, fps: float) -> str:
+    """How a person sees an event in a list: `3: micro 12.30-12.63 s (frames 369-379, apex 374)`."""
+    span = f"{e.onset / fps:.2f}–{e.offset / fps:.2f} s"
+    return f"{n}: {e.type} {span} (frames {e.onset}–{e.offset}, apex {e.apex})"
+
+
 def signal_csv(sig: Signal, cfg: SpotConfig) -> str:
     from mevqa.spot import SIGNAL_REGIONS
 
