@@ -35,6 +35,16 @@ def disk_errors(path: str | Path) -> Iterator[None]:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; outputs are for the group to read as any other file the user writes
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Write `data` to a temporary sibling, then rename it over `path`: readers see old or new, never half."""
     path = Path(path)
@@ -44,6 +54,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -60,7 +71,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             yield tmp
-            tmp.chmod(0o755)
+            tmp.chmod(0o777 & ~_umask())
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)

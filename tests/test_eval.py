@@ -38,6 +38,12 @@ def test_eval_writes_everything(synthme, tiny_qwen, tmp_path):
     assert "## Metrics" in report and "10 worst examples" in report and "prompt_fingerprint" in report
     assert (out / "confusion_coarse.png").stat().st_size > 1000 and (out / "confusion_fine.png").exists()
     assert "UF1-C" in r.stdout
+    # files as a user expects them: the umask's modes (mkstemp alone gives 0600), no lock file left behind
+    from mevqa.io import FILE_MODE
+
+    for name in ("predictions.jsonl", "metrics.json", "report.md", "confusion_coarse.png"):
+        assert (out / name).stat().st_mode & 0o777 == FILE_MODE, name
+    assert not (out / ".lock").exists()
 
 
 def test_resume_after_sigkill_answers_each_question_once(synthme, tiny_qwen, tmp_path):

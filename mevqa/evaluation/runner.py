@@ -138,7 +138,8 @@ class FolderLock:
     def __init__(self, out: Path):
         with disk_errors(out):
             out.mkdir(parents=True, exist_ok=True)
-            self._f = (out / ".lock").open("a+")
+            self._path = out / ".lock"
+            self._f = self._path.open("a+")
         try:
             fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -154,6 +155,8 @@ class FolderLock:
         self._f.flush()
 
     def release(self) -> None:
+        """Unlocked and gone: a finished run leaves no lock file behind."""
+        self._path.unlink(missing_ok=True)
         self._f.close()
 
 
