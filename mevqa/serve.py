@@ -105,6 +105,11 @@ class ServePlan:
         return cmd
 
     def transformers_command(self) -> list[str]:
+        if self.api_key:  # `transformers serve` has no key check: serving "with a key" would be open to all
+            raise InputError(
+                "--api-key / $MEVQA_API_KEY with --engine transformers — transformers serve checks no key; "
+                "serve on 127.0.0.1 without a key, or use --engine vllm, which enforces it"
+            )
         if self.adapters:
             raise InputError(
                 "--engine transformers — serves no LoRA adapters; merge one first "

@@ -206,6 +206,41 @@ def test_limit_keeps_the_other_answers(synthme, tiny_qwen, tmp_path):
     r = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out, "--limit", "3")
     assert r.returncode == 0 and "3 questions" in r.stdout
     assert _answers(out) == before and len(before) == n  # the rows this run did not ask about stay
+    # --overwrite with a mistyped --model: the model fails to load before any answer is deleted
+    r = eval_cli(synthme / "test.jsonl", synthme, tmp_path / "no-such-model", out, "--overwrite")
+    assert r.returncode == 2 and _answers(out) == before
+
+
+def test_limit_keeps_every_row_of_the_submission(synthme, tiny_qwen, tmp_path):
+    """`--limit 2` on a test file used to cut the submission file to 2 rows: it is written from every
+    answer on disk."""
+    rows = read_jsonl(synthme / "test.jsonl")[:6]
+    test_rows = [
+        {
+            "video_id": f"synthme_test_{r['filename']}_{i}",
+            "video": r["filename"],
+            "question": r["question"],
+            "answer": "",
+        }
+        for i, r in enumerate(rows)
+    ]
+    data = write_jsonl(tmp_path / "test_to_answer.jsonl", test_rows)
+    out = tmp_path / "run"
+    assert eval_cli(data, synthme / "frames", tiny_qwen, out).returncode == 0
+    r = eval_cli(data, synthme / "frames", tiny_qwen, out, "--limit", "2")
+    assert r.returncode == 0, r.stderr
+    assert len(read_jsonl(out / "me_vqa_synthme_test_pred.jsonl")) == 6
+
+
+def test_duplicate_ids_and_empty_files_are_refused_before_work(synthme, tiny_qwen, tmp_path):
+    rows = read_jsonl(synthme / "test.jsonl")
+    dup = write_jsonl(tmp_path / "dup.jsonl", [rows[0], rows[1], rows[0]])
+    r = eval_cli(dup, synthme, tiny_qwen, tmp_path / "a")
+    assert r.returncode == 2 and "duplicate id" in r.stderr and "rows 1 and 3" in r.stderr
+    (tmp_path / "empty.jsonl").write_text("")
+    r = eval_cli(tmp_path / "empty.jsonl", synthme, tiny_qwen, tmp_path / "b")
+    assert r.returncode == 2 and "holds no questions" in r.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_torn_last_line_is_repaired(synthme, tiny_qwen, tmp_path):

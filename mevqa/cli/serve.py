@@ -47,7 +47,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--adapters-dir", help="serve every adapter folder in this directory")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="default: 8000")
-    p.add_argument("--api-key", help="require this key (default: $MEVQA_API_KEY); passed in the environment")
+    p.add_argument(
+        "--api-key",
+        help="require this key (vLLM only). Prefer $MEVQA_API_KEY: a flag's value is visible to every user "
+        "in `ps`; the key reaches vLLM in its environment, never on its command line",
+    )
     p.add_argument("--dtype", default="auto", help="weights dtype for vLLM (default: auto)")
     p.add_argument("--engine", choices=("vllm", "transformers"), default="vllm", help="default: vllm")
     p.add_argument("--vllm", help="vLLM's environment (a venv folder or its python; default: .venv-vllm)")

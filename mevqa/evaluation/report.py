@@ -195,14 +195,23 @@ def confusions(rows: list[dict], answers: dict[str, str | None], out: Path) -> l
 
 
 def write_outputs(
-    cfg: EvalConfig, rows: list[dict], preds: list[dict], settings: dict, run: dict, test: bool
+    cfg: EvalConfig,
+    rows: list[dict],
+    preds: list[dict],
+    settings: dict,
+    run: dict,
+    test: bool,
+    deliver: tuple[list[dict], list[dict]] | None = None,
 ) -> dict:
-    """Submission files (test input), metrics.json + confusion PNGs (gold input) and report.md."""
+    """Submission files (test input; from `deliver`'s rows and predictions when given, else these),
+    metrics.json + confusion PNGs (gold input) and report.md."""
     out = Path(cfg.out)
     answers = {row_id(p): (None if p.get("error") else p["answer"]) for p in preds}
     files = [out / "predictions.jsonl"]
     if test:
-        files += write_submissions(rows, {k: v or "" for k, v in answers.items()}, out)
+        sub_rows, sub_preds = deliver or (rows, preds)
+        sub = {row_id(p): "" if p.get("error") else p["answer"] for p in sub_preds}
+        files += write_submissions(sub_rows, sub, out)
     metrics = None
     if any(str(r.get("answer", "")).strip() for r in rows):
         metrics = score_rows(rows, answers, cfg.label_set)

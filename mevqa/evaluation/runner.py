@@ -354,10 +354,26 @@ def prediction_files(out: Path) -> list[Path]:
     return [out / "predictions.jsonl", *sorted(out.glob("predictions.rank*.jsonl"))]
 
 
+def check_questions(data: str, rows: list[dict]) -> None:
+    """An empty file or two questions with one id are refused before any work: a repeated id would keep
+    one answer for both and score the wrong one."""
+    if not rows:
+        raise InputError(f"--data {data} — holds no questions")
+    seen: dict[str, int] = {}
+    for n, r in enumerate(rows, start=1):
+        rid = row_id(r)
+        if rid in seen:
+            raise InputError(
+                f"--data {data} — duplicate id {rid!r} (rows {seen[rid]} and {n}); ids must be unique"
+            )
+        seen[rid] = n
+
+
 def run_eval(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any] | None:
     """Answer, write predictions / submissions / metrics / report; returns a summary for the CLI
     (None in the other processes of a multi-process run: the main one writes and reports)."""
     all_rows = read_jsonl(cfg.data)
+    check_questions(cfg.data, all_rows)
     rows = all_rows[: cfg.limit] if cfg.limit else all_rows
     if cfg.root and not Path(cfg.root).is_dir():
         raise InputError(f"--root {cfg.root} — no such folder")
@@ -366,10 +382,6 @@ def run_eval(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any] 
         raise InputError(f"--out {out} — is a file, not a folder")
     lock = FolderLock(out) if shard.main else None
     try:
-        if shard.main and cfg.overwrite:
-            for f in prediction_files(out):
-                f.unlink(missing_ok=True)
-        shard.barrier()
         return _answer_and_write(cfg, backend, shard, all_rows, rows)
     finally:
         if lock:
@@ -384,6 +396,10 @@ def _answer_and_write(
     backend = backend or load_backend(model, cfg.server, cfg.vllm)
     sett = settings(cfg, backend)
     fp = fingerprint(sett)
+    if shard.main and cfg.overwrite:  # only now: a mistyped --model must not cost the answers on disk
+        for f in prediction_files(out):
+            f.unlink(missing_ok=True)
+    shard.barrier()
     part = shard.part(out)
     repair_tail(part)
     done = {k: v for f in prediction_files(out) for k, v in load_done(f, fp).items()}
@@ -402,7 +418,7 @@ def _answer_and_write(
     if not shard.main:
         return None
     return write_run_outputs(
-        cfg, rows, out / "predictions.jsonl", fp, sett, _timing(t0, t1, t2, len(pending))
+        cfg, rows, out / "predictions.jsonl", fp, sett, _timing(t0, t1, t2, len(pending)), all_rows
     )
 
 
@@ -436,11 +452,19 @@ def _timing(t0: float, t1: float, t2: float, answered: int) -> dict[str, Any]:
 
 
 def write_run_outputs(
-    cfg: EvalConfig, rows: list[dict], pred_path: Path, fp: str, sett: dict, timing: dict
+    cfg: EvalConfig,
+    rows: list[dict],
+    pred_path: Path,
+    fp: str,
+    sett: dict,
+    timing: dict,
+    all_rows: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """Submissions, metrics and report for this run's questions (answered with the current settings)."""
+    """Metrics and report for this run's questions (answered with the current settings); submission files
+    from every question of the data file answered with them (a `--limit` run does not cut them short)."""
     current = {row_id(r): r for r in read_predictions(pred_path) if r.get("fingerprint") == fp}
     preds = [current[row_id(r)] for r in rows if row_id(r) in current]
+    every = [current[row_id(r)] for r in all_rows or rows if row_id(r) in current]
     run = {
         "mevqa_version": __version__,
         "fingerprint": fp,
@@ -451,4 +475,6 @@ def write_run_outputs(
         "host": platform.node(),
         "pid": os.getpid(),
     }
-    return write_outputs(cfg, rows, preds, sett, run, test=is_test_rows(rows))
+    return write_outputs(
+        cfg, rows, preds, sett, run, test=is_test_rows(rows), deliver=(all_rows or rows, every)
+    )
