@@ -154,6 +154,11 @@ def _cases(d, clips, tiny_qwen, synthme):
         (["score", "--pred", str(d / "dup.jsonl"), "--gold", test], "duplicate id"),
         (["score", "--pred", test, "--gold", str(d / "dup.jsonl")], "duplicate id"),
         (["eval", "--out", str(d / "run")], "data"),
+        # transformers serve checks no key: "serving with a key" would be open to anyone
+        (
+            ["serve", "--model", str(tiny_qwen), "--engine", "transformers", "--api-key", "k", "--dry-run"],
+            "no key",
+        ),
     ]
 
 
