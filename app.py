@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         server_name=a.host,
         server_port=a.port,
         auth=auth,
-        max_file_size=f"{a.max_upload_mb:.0f}mb",
+        max_file_size=f"{max(1, int(a.max_upload_mb * 1024))}kb",  # "0.4" MB as "0mb" refused every upload
         show_error=True,
     )
     return 0

@@ -274,3 +274,23 @@ def test_config_accepts_or_names_the_key(values):
         from_dict(EvalConfig, yaml.safe_load(yaml.safe_dump(values)), "c.yaml")
     except InputError as e:
         assert str(e).startswith("c.yaml: ")
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(megc_dir):
+    """`mevqa ... | head`: the reader leaves early; the writer ends quietly (no BrokenPipeError trace)."""
+    import os
+    import subprocess
+    import sys
+
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)  # the reader is gone before the first write
+    p = subprocess.run(
+        [sys.executable, "-m", "mevqa", "data", "stats", str(megc_dir / "train_casme2.jsonl")],
+        stdout=w_fd,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    os.close(w_fd)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 141
