@@ -230,6 +230,10 @@ class SpotConfig(Settings):
         min_duration: shortest interval kept, in seconds.
         max_duration: longest interval kept, in seconds (longer motion is not an expression: talking, a turn).
         micro_max: intervals up to this many seconds are micro-expressions, longer ones macro.
+        blink: an event whose eye regions moved this many times more than brows, nose and mouth is a blink
+            and is dropped (the datasets do not annotate blinks).
+        hold: longest pause, in seconds, between a movement and its return (opposite flow) that still
+            makes them one event.
         flow_size: side of the aligned face the flow is computed on, in pixels (smaller is faster).
     """
 
@@ -241,6 +245,8 @@ class SpotConfig(Settings):
     min_duration: float = setting(0.1, min=0)
     max_duration: float = setting(4.0, above=0)
     micro_max: float = setting(0.5, above=0)
+    blink: float = setting(1.2, above=0)
+    hold: float = setting(1.0, min=0)
     flow_size: int = setting(112, min=16)
 
 

@@ -14,11 +14,13 @@ kept; the per-frame signal (a few floats a frame) is all that grows.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 # never with an expression). Eyes are left out: blinks are the commonest facial motion and are not
 # annotated as expressions; eyelid AUs (5, 7) still move the brows' and cheeks' boxes enough to be seen.
 SIGNAL_REGIONS = ("brow_l", "brow_r", "nose", "mouth_l", "mouth_r")
+# measured too, never the signal: an event whose eyes moved far more than the rest is a blink
+MEASURED = (*SIGNAL_REGIONS, "eye_l", "eye_r")
 REFERENCE = "nose_bridge"
 CHUNK = 64  # frames decoded at a time
 
@@ -54,8 +58,9 @@ class Signal:
     """One video's motion signal: one value per analysed frame."""
 
     frames: np.ndarray  # the video's frame numbers of the analysed frames
-    regions: np.ndarray  # (n, len(SIGNAL_REGIONS)) residual flow magnitude, pixels of the flow image
+    regions: np.ndarray  # (n, len(MEASURED)) residual flow magnitude, pixels of the flow image
     faceless: np.ndarray  # bool: no face was tracked on this frame
+    vectors: np.ndarray  # (n, len(MEASURED), 2) mean residual flow per region: the direction
     fps: float  # the analysed rate
     video_fps: float
     step: int  # analysed every `step`-th frame
@@ -65,7 +70,8 @@ class Signal:
     @property
     def motion(self) -> np.ndarray:
         """The strongest region per frame (NaN where faceless or within the first k frames)."""
-        return self.regions.max(axis=1) if len(self.regions) else np.zeros(0, np.float32)
+        n = len(SIGNAL_REGIONS)
+        return self.regions[:, :n].max(axis=1) if len(self.regions) else np.zeros(0, np.float32)
 
 
 # ---------------------------------------------------------------- reading and the face stage
@@ -111,9 +117,11 @@ def _band_boxes(size: int) -> dict[str, tuple[int, int, int, int]]:
         return int(x0 * s), int(rows[0] * s), int(x1 * s), int(rows[1] * s)
 
     return {
-        "brow_l": box(0.52, 0.85, REGION_ROWS["brows"]),
-        "brow_r": box(0.15, 0.48, REGION_ROWS["brows"]),
+        "brow_l": box(0.52, 0.85, (REGION_ROWS["brows"][0], REGION_ROWS["eyes"][0] - 0.02)),
+        "brow_r": box(0.15, 0.48, (REGION_ROWS["brows"][0], REGION_ROWS["eyes"][0] - 0.02)),
         "nose": box(0.36, 0.64, REGION_ROWS["nose"]),
+        "eye_l": box(0.55, 0.85, REGION_ROWS["eyes"]),
+        "eye_r": box(0.15, 0.45, REGION_ROWS["eyes"]),
         "mouth_l": box(0.5, 0.8, REGION_ROWS["mouth"]),
         "mouth_r": box(0.2, 0.5, REGION_ROWS["mouth"]),
         REFERENCE: box(0.42, 0.58, (0.36, 0.5)),
@@ -126,10 +134,13 @@ def landmark_boxes(landmarks: np.ndarray, size: int) -> dict[str, tuple[int, int
 
     pad = 0.06 * size
     out = {}
-    for name in (*SIGNAL_REGIONS, REFERENCE):
+    for name in (*MEASURED, REFERENCE):
         pts = landmarks[list(REGIONS[name])]
         x0, y0 = np.floor(pts.min(0) - pad).astype(int)
         x1, y1 = np.ceil(pts.max(0) + pad).astype(int)
+        if name.startswith("brow"):  # stop above the upper lid: a blink is no brow movement
+            lid = landmarks[list(REGIONS["eye" + name[4:]])][:, 1].min()
+            y1 = int(min(y1, lid - 0.03 * size))
         out[name] = (max(0, x0), max(0, y0), min(size, max(x1, x0 + 2)), min(size, max(y1, y0 + 2)))
     return out
 
@@ -162,20 +173,30 @@ def _grey(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the signal
+@functools.cache
+def _dis() -> Any:
+    # DIS (Kroeger et al. 2016), OpenCV's "medium" preset: about twice as fast as Farneback at 112 px with
+    # the sub-pixel accuracy a micro-movement of a pixel or two needs (BENCHMARKS: bench spot)
+    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+
 def region_motion(
     prev: np.ndarray, cur: np.ndarray, boxes: dict[str, tuple[int, int, int, int]]
-) -> np.ndarray:
-    """Residual flow magnitude per signal region: the region's mean flow minus the nose bridge's."""
-    flow = cv2.calcOpticalFlowFarneback(prev, cur, None, 0.5, 3, 9, 3, 5, 1.1, 0)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Residual flow per signal region (the region's flow minus the nose bridge's): its magnitude (90th
+    percentile) and its mean vector (the direction, to pair a movement's onset with its return)."""
+    flow = _dis().calc(prev, cur, None)
     x0, y0, x1, y1 = boxes[REFERENCE]
     ref = np.median(flow[y0:y1, x0:x1].reshape(-1, 2), axis=0)
-    out = np.empty(len(SIGNAL_REGIONS), np.float32)
-    for j, name in enumerate(SIGNAL_REGIONS):
+    mags = np.empty(len(MEASURED), np.float32)
+    vecs = np.empty((len(MEASURED), 2), np.float32)
+    for j, name in enumerate(MEASURED):
         x0, y0, x1, y1 = boxes[name]
-        d = flow[y0:y1, x0:x1] - ref
+        d = flow[y0:y1, x0:x1].reshape(-1, 2) - ref
         # the 90th percentile, not the mean: an AU moves part of a box (a mouth corner), noise moves all of it
-        out[j] = np.percentile(np.hypot(d[..., 0], d[..., 1]), 90)
-    return out
+        mags[j] = np.percentile(np.hypot(d[:, 0], d[:, 1]), 90)
+        vecs[j] = d.mean(axis=0)
+    return mags, vecs
 
 
 def motion_signal(clip: Clip, cfg: SpotConfig, fps: float | None = None, progress: bool = False) -> Signal:
@@ -190,7 +211,8 @@ def motion_signal(clip: Clip, cfg: SpotConfig, fps: float | None = None, progres
     k = max(1, round(cfg.interval * rate))
     stage = FaceStage(cfg.face, rate, cfg.flow_size)
     faces: deque = deque(maxlen=k + 1)  # the last k+1 analysed faces (None: faceless)
-    frames, rows, faceless = [], [], []
+    frames, rows, vectors, faceless = [], [], [], []
+    empty = (np.full(len(MEASURED), np.nan, np.float32), np.zeros((len(MEASURED), 2), np.float32))
     t = {"decode": 0.0, "face": 0.0, "flow": 0.0}
     short = []
     bar = tqdm(
@@ -207,10 +229,9 @@ def motion_signal(clip: Clip, cfg: SpotConfig, fps: float | None = None, progres
         t2 = time.perf_counter()
         faces.append(face)
         prev = faces[0] if len(faces) == k + 1 else None
-        if face is None or prev is None:
-            rows.append(np.full(len(SIGNAL_REGIONS), np.nan, np.float32))
-        else:
-            rows.append(region_motion(prev[0], face[0], face[1]))
+        mags, vecs = empty if face is None or prev is None else region_motion(prev[0], face[0], face[1])
+        rows.append(mags)
+        vectors.append(vecs)
         t3 = time.perf_counter()
         t["decode"] += t1 - t0
         t["face"] += t2 - t1
@@ -227,10 +248,12 @@ def motion_signal(clip: Clip, cfg: SpotConfig, fps: float | None = None, progres
             clip.num_frames,
             short[0],
         )
+    n = len(MEASURED)
     return Signal(
         np.array(frames, int),
-        np.array(rows, np.float32).reshape(-1, len(SIGNAL_REGIONS)),
+        np.array(rows, np.float32).reshape(-1, n),
         np.array(faceless, bool),
+        np.array(vectors, np.float32).reshape(-1, n, 2),
         rate,
         video_fps,
         step,
@@ -293,8 +316,9 @@ def intervals(sig: Signal, cfg: SpotConfig) -> list[Event]:
     med, sigma, level = threshold(x, cfg.threshold)
     found, left, right = peaks(x, level, level - med, sig.k)
     spans = [[lo, p, hi, float((x[p] - med) / sigma)] for p, lo, hi in zip(found, left, right)]
+    spans = pair(_merge(spans), sig, x, round(cfg.max_duration * sig.fps), round(cfg.hold * sig.fps))
     events = []
-    for lo, p, hi, score in _merge(spans):
+    for lo, p, hi, score in (s for s in spans if not is_blink(sig, s[0], s[2], cfg.blink)):
         # D(i) compares frame i with i-k, so a movement that ends at f still shows until f + k
         hi = max(p, hi - sig.k)
         onset, apex, offset = (int(sig.frames[i]) for i in (lo, p, hi))
@@ -303,6 +327,50 @@ def intervals(sig: Signal, cfg: SpotConfig) -> list[Event]:
             kind = "micro" if seconds <= cfg.micro_max else "macro"
             events.append(Event(onset, apex, offset, kind, round(score, 2)))
     return events
+
+
+def is_blink(sig: Signal, lo: int, hi: int, ratio: float) -> bool:
+    """The eyes moved `ratio` times more than brows, nose and mouth: a blink (the datasets do not annotate
+    blinks; an eyelid AU moves the brows or cheeks too). On SynthME long, blinks reach 1.46-1.7x, expressions
+    at most 0.86x."""
+    r = sig.regions[lo : hi + 1]
+    n = len(SIGNAL_REGIONS)
+    if not len(r) or np.isnan(r).all():
+        return False
+    return float(np.nanmax(r[:, n:])) > ratio * float(np.nanmax(r[:, :n]))
+
+
+def direction(sig: Signal, lo: int, hi: int) -> np.ndarray:
+    """A span's movement per region: the mean residual vectors over it, magnitude-weighted, (regions, 2)."""
+    w = np.nan_to_num(sig.regions[lo : hi + 1])[..., None]
+    return (sig.vectors[lo : hi + 1] * w).sum(axis=0)
+
+
+def opposed(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two spans' movements in the region that moved most in them (its brows go up, then down)."""
+    j = int(np.argmax(np.linalg.norm(a, axis=1) + np.linalg.norm(b, axis=1)))
+    return float(a[j] @ b[j] / (np.linalg.norm(a[j]) * np.linalg.norm(b[j]) + 1e-9))
+
+
+def pair(spans: list[list], sig: Signal, x: np.ndarray, longest: int, hold: int) -> list[list]:
+    """A movement out of neutral and its return are two bumps of the i-k -> i flow, in opposite directions:
+    join consecutive spans whose directions oppose (cosine < -0.5 in the region that moved most) and
+    that are at most `hold` frames apart into one event, apex at the pause between them, when the whole
+    fits in `longest` frames. (MDMD uses the flow's main direction the same way.)"""
+    out: list[list] = []
+    i = 0
+    while i < len(spans):
+        cur = spans[i]
+        if i + 1 < len(spans) and spans[i + 1][2] - cur[0] <= longest and spans[i + 1][0] - cur[2] <= hold:
+            nxt = spans[i + 1]
+            if opposed(direction(sig, cur[0], cur[2]), direction(sig, nxt[0], nxt[2])) < -0.5:
+                apex = cur[1] + int(np.argmin(np.nan_to_num(x[cur[1] : nxt[1] + 1], nan=np.inf)))
+                out.append([cur[0], apex, nxt[2], max(cur[3], nxt[3])])
+                i += 2
+                continue
+        out.append(cur)
+        i += 1
+    return out
 
 
 def _merge(spans: list[list]) -> list[list]:

@@ -12,10 +12,10 @@ from mevqa.spot import Signal, analysis_step, intervals, nth_event, peaks, smoot
 
 def signal(x: np.ndarray, fps: float = 30.0, k: int = 6, step: int = 1, first: int = 0) -> Signal:
     n = len(x)
-    regions = np.repeat(x[:, None], 5, axis=1).astype(np.float32)
-    return Signal(
-        np.arange(first, first + n * step, step), regions, np.isnan(x), fps / 1, fps * step, step, k
-    )
+    regions = np.c_[np.repeat(x[:, None], 5, axis=1), np.zeros((n, 2))].astype(np.float32)  # eyes still
+    vectors = np.zeros((n, 7, 2), np.float32)
+    frames = np.arange(first, first + n * step, step)
+    return Signal(frames, regions, np.isnan(x), vectors, fps, fps * step, step, k)
 
 
 def bump(n: int, centre: int, width: int, height: float) -> np.ndarray:

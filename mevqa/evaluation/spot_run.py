@@ -115,12 +115,12 @@ def event_label(n: int, e: Event, fps: float) -> str:
 
 
 def signal_csv(sig: Signal, cfg: SpotConfig) -> str:
-    from mevqa.spot import SIGNAL_REGIONS
+    from mevqa.spot import MEASURED
 
     x = smooth(sig.motion, max(1, round(cfg.smooth * sig.fps)))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["frame", "motion", "smoothed", "faceless", *SIGNAL_REGIONS])
+    w.writerow(["frame", "motion", "smoothed", "faceless", *MEASURED])
     for i, f in enumerate(sig.frames):
         w.writerow(
             [int(f), _num(sig.motion[i]), _num(x[i]), int(sig.faceless[i]), *map(_num, sig.regions[i])]
@@ -230,7 +230,7 @@ def merge_outputs(job: SpotJob, videos: dict[str, Path], gold: dict[str, list[In
     summary: dict[str, Any] = {"settings": to_dict(job), "videos": records, "intervals": len(preds)}
     if gold:
         summary["metrics"] = spotting_scores(preds, [g for v in gold.values() for g in v])
-        summary["metrics"].pop("matches", None)
+        summary["metrics"].pop("pairs", None)
         atomic_write(out / "metrics.json", json.dumps(summary["metrics"], indent=1))
     atomic_write(out / "spot.json", json.dumps(summary, indent=1))
     return summary
