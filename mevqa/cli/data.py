@@ -8,10 +8,43 @@ from mevqa.errors import InputError
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
+    if a.long:
+        return _synth_long(a)
     from mevqa.data.synth import synthesize
 
-    out = synthesize(a.out, a.subjects, a.clips_per_subject, a.fps, a.size, a.seed, a.video, a.test_fraction)
+    fps = 200.0 if a.fps is None else a.fps
+    out = synthesize(a.out, a.subjects, a.clips_per_subject, fps, a.size, a.seed, a.video, a.test_fraction)
     print(f"wrote {out}/frames, annotations.csv, train.jsonl, test.jsonl")
+    return 0
+
+
+def _synth_long(a: argparse.Namespace) -> int:
+    import json
+
+    from mevqa.data.synth_long import synthesize_long
+
+    fps = 30.0 if a.fps is None else a.fps  # long videos default to CAS(ME)^3's rate; SAMM's is --fps 200
+    out = synthesize_long(
+        a.out,
+        a.subjects,
+        a.videos_per_subject,
+        a.seconds,
+        fps,
+        identity=a.identity,
+        seed=a.seed,
+        test_fraction=a.test_fraction,
+        frames=a.frames_folders,
+    )
+    videos = json.loads((out / "videos.json").read_text())["videos"]
+    media = "frames/<video>/img<N>.jpg" if a.frames_folders else "videos/<video>.mp4"
+    print(f"wrote {out}/{media}, annotations.csv, blinks.csv, videos.json")
+    micro, macro = sum(v["micro"] for v in videos), sum(v["macro"] for v in videos)
+    blinks, frames = sum(v["blinks"] for v in videos), sum(v["frames"] for v in videos)
+    print(
+        f"{len(videos)} video{'s' * (len(videos) != 1)} ({frames} frames at {fps:g} fps, {a.identity}): "
+        f"{micro + macro} events "
+        f"({micro} micro, {macro} macro), {blinks} unannotated blinks"
+    )
     return 0
 
 
@@ -68,27 +101,46 @@ def cmd_convert(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    data = sub.add_parser("data", parents=[common], help="MEGC files and SynthME clips").add_subparsers(
-        dest="sub", required=True
-    )
+def _add_synth(data: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = data.add_parser(
         "synth",
         parents=[common],
-        help="generate SynthME micro-expression clips + MEGC-style QA",
-        description="Procedural face clips with AU-driven micro-movements (onset-apex-offset).",
+        help="generate SynthME micro-expression clips + MEGC-style QA (or --long videos)",
+        description="Procedural face clips with AU-driven micro-movements (onset-apex-offset); with --long, "
+        "long videos holding micro- and macro-expressions among blinks, head drift and a lighting change.",
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--subjects", type=int, default=4, help="identities (default: 4)")
     p.add_argument("--clips-per-subject", type=int, default=5, help="clips per identity (default: 5)")
-    p.add_argument("--fps", type=float, default=200.0, help="frame rate (default: 200, like CASME II / SAMM)")
+    p.add_argument(
+        "--fps", type=float, default=None, help="frame rate (default: 200 like CASME II / SAMM; --long: 30)"
+    )
     p.add_argument("--size", type=int, default=224, help="frame side in pixels (default: 224)")
     p.add_argument("--seed", type=int, default=0, help="same seed gives identical files")
     p.add_argument("--video", action="store_true", help="also write videos/<clip>.mp4")
     p.add_argument(
         "--test-fraction", type=float, default=0.25, help="share of subjects held out (default: 0.25)"
     )
+    p.add_argument("--long", action="store_true", help="long videos (ME-STR / ME-LVQA) instead of clips")
+    p.add_argument("--seconds", type=float, default=60.0, help="--long: length of each video (default: 60)")
+    p.add_argument("--videos-per-subject", type=int, default=2, help="--long: videos each (default: 2)")
+    p.add_argument(
+        "--identity",
+        choices=("procedural", "photo"),
+        default="photo",
+        help="--long: the astronaut photo with AU warps, or the painted face (default: photo)",
+    )
+    p.add_argument(
+        "--frames-folders", action="store_true", help="--long: frames/<video>/img<N>.jpg instead of mp4"
+    )
     p.set_defaults(func=cmd_synth)
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    data = sub.add_parser("data", parents=[common], help="MEGC files and SynthME clips").add_subparsers(
+        dest="sub", required=True
+    )
+    _add_synth(data, common)
 
     p = data.add_parser("convert", parents=[common], help="annotation sheet (xlsx/csv) -> MEGC QA JSONL")
     p.add_argument("--dataset", required=True, help="casme2, samm, casme3, smic or synthme")

@@ -26,22 +26,35 @@ indices for mp4 files, file numbers (from 1) for frame folders. Same arguments -
 
 from __future__ import annotations
 
+import csv
+import functools
+import importlib.util
+import io
+import json
 import math
-from dataclasses import dataclass
-from typing import Protocol
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from mevqa.data.qa import AU
 from mevqa.data.synth import (
     FacePainter,
     Identity,
+    _test_subjects,
     choose_expression,
     intensity,
+    make_identity,
     plan_clip,
 )
+from mevqa.errors import InputError, MissingDependency
 from mevqa.facs import EMOTION_RULES
+from mevqa.io import atomic_dir, atomic_write, disk_errors
 
 IDENTITIES = ("procedural", "photo")
 COLUMNS = ("subject", "video", "onset", "apex", "offset", "aus", "emotion", "type")
@@ -116,7 +129,7 @@ def _macro_expression(rng: np.random.Generator) -> tuple[str, tuple[AU, ...]]:
     for code in codes:
         num = int(code.lstrip("S"))
         if num not in {a.number for a in aus}:
-            aus.append(AU(num, side if code.startswith("S") or side else None))
+            aus.append(AU(num, side))
     return emotion, tuple(aus)
 
 
@@ -201,8 +214,9 @@ class Timeline:
         blink, light = np.zeros(n), np.zeros(n)
         for i, e in enumerate(plan.events):
             event[e.onset : e.offset + 1] = i
-            k[e.onset : e.offset + 1] = [e.peak * intensity(t, e.onset, e.apex, e.offset)
-                                         for t in range(e.onset, e.offset + 1)]
+            k[e.onset : e.offset + 1] = [
+                e.peak * intensity(t, e.onset, e.apex, e.offset) for t in range(e.onset, e.offset + 1)
+            ]
         for on, off in plan.blinks:
             apex = on + max(1, round(0.4 * (off - on)))  # lids close faster than they reopen
             blink[on : off + 1] = [intensity(t, on, apex, off) for t in range(on, off + 1)]
@@ -246,8 +260,9 @@ class PaintedScene:
         mask = np.zeros((FACE_SIZE, FACE_SIZE), np.uint8)
         f = FACE_SIZE * 16  # the painter's fixed-point geometry (4 bits), so the mask fits its ellipse
         centre = (round(ident.cx * f), round(ident.cy * f))
-        cv2.ellipse(mask, centre, (int(ident.face_w * f), int(ident.face_h * f)), 0, 0, 360, 255, -1,
-                    cv2.LINE_AA, 4)
+        cv2.ellipse(
+            mask, centre, (int(ident.face_w * f), int(ident.face_h * f)), 0, 0, 360, 255, -1, cv2.LINE_AA, 4
+        )
         self.alpha = (mask.astype(np.float32) / 255)[..., None]
         self.bg = bg
         self.canvas = self._compose(self.painter.draw([], 0.0))
@@ -270,8 +285,8 @@ class PaintedScene:
 
 
 # 68-point (iBUG) groups the photo's AUs move. Sided groups give indices per *image* side (-1 image left =
-# the subject's right, +1 = the subject's left, as synth.py's `_act`); "cheek", "dimple" and "mouth" are
-# points derived from the 68 (below the eye, beside the lip corner, between the lips).
+# the subject's right, +1 = the subject's left, as synth.py's `_act`); "cheek" and "dimple" are points
+# derived from the 68 (below the eye, beside the lip corner).
 SIDED = {
     "brow_inner": {-1: (20, 21), 1: (22, 23)},
     "brow_mid": {-1: (19,), 1: (24,)},
@@ -285,12 +300,11 @@ SIDED = {
     "dimple": {-1: (), 1: ()},
 }
 CENTRAL = {
-    "bridge": (27, 28),
+    "bridge": (28, 29),
     "nose_tip": (30, 33),
     "lip_upper": (50, 51, 52, 61, 62, 63),
     "lip_lower": (56, 57, 58, 65, 66, 67),
     "chin": (7, 8, 9),
-    "mouth": (),
 }
 # AU -> (group, dx outward from the midline, dy down, in micro units A; bump sigma in eye distances u).
 # Directions and ratios follow synth.py's FacePainter, so both identities show an AU alike.
@@ -314,14 +328,16 @@ PHOTO_MOVES: dict[int, tuple[tuple[str, float, float, float], ...]] = {
     26: (("lip_lower", 0, 0.9, 0.25), ("chin", 0, 0.8, 0.35)),
 }
 # AU -> (group, darkening at k = 1, sigma x, sigma y in u): what a warp of a still photo cannot show
-# (wrinkles over the bridge, the dimple's hollow, the dark gap of parted lips)
+# (creases over the bridge, the dimple's hollow)
 PHOTO_SHADES: dict[int, tuple[tuple[str, float, float, float], ...]] = {
-    9: (("bridge", 0.2, 0.2, 0.06),),
-    14: (("dimple", 0.25, 0.06, 0.08),),
-    25: (("mouth", 0.35, 0.3, 0.03),),
-    26: (("mouth", 0.5, 0.3, 0.06),),
+    9: (("bridge", 0.1, 0.12, 0.04),),
+    14: (("dimple", 0.12, 0.05, 0.07),),
 }
-PHOTO_AMPLITUDE = 0.1  # micro unit A as a share of the eye distance: synth.py's AMPLITUDE on its face
+OPENING = (25, 26)  # lips part: the mouth darkens where the warp stretches it open
+OPENING_DARK = 1.5  # darkening per unit of vertical stretch
+# micro unit A as a share of the eye distance: ~4 px on the photo's ~58 px eye distance; measured over 10
+# planned minutes, a micro apex moves the face at most 1.4-4.1 px (median 3.4), a macro one 5.6-11 (8.5)
+PHOTO_AMPLITUDE = 0.07
 EYES = {-1: (36, 37, 38, 39, 40, 41), 1: (42, 43, 44, 45, 46, 47)}
 
 
@@ -331,7 +347,9 @@ def _dlib() -> tuple[Any, Any]:
     try:
         import dlib
     except ImportError as e:
-        raise MissingDependency("dlib — not installed: pip install dlib-bin (the photo identity needs it)") from e
+        raise MissingDependency(
+            "dlib — not installed: pip install dlib-bin (the photo identity needs it)"
+        ) from e
     # importing face_recognition_models needs pkg_resources; only its folder is wanted, so find it unimported
     spec = importlib.util.find_spec("face_recognition_models")
     folders = spec.submodule_search_locations if spec else None
@@ -379,11 +397,13 @@ def make_look(rng: np.random.Generator) -> PhotoLook:
     # scale >= 1.25: the face is then ~115 px wide, which dlib still finds at a 320-px detection width
     scale = float(rng.uniform(1.25, 1.4))
     side = int(512 * scale)
-    tint = tuple(float(x) for x in rng.uniform(0.92, 1.08, 3))
-    return PhotoLook(
-        bool(rng.random() < 0.5), scale, int(rng.integers(0, side - WIDTH + 1)), int(rng.integers(0, 41)),
-        tint, float(rng.uniform(1.0, 3.0)),  # type: ignore[arg-type]
+    mirror, x0, y0 = (
+        bool(rng.random() < 0.5),
+        int(rng.integers(0, side - WIDTH + 1)),
+        int(rng.integers(0, 41)),
     )
+    b, g, r = (float(x) for x in rng.uniform(0.92, 1.08, 3))
+    return PhotoLook(mirror, scale, x0, y0, (b, g, r), float(rng.uniform(1.0, 3.0)))
 
 
 def photo_canvas(look: PhotoLook) -> np.ndarray:
@@ -398,45 +418,380 @@ def _points(lm: np.ndarray, u: float, group: str, side: int) -> np.ndarray:
     if group == "cheek":
         return lm[list(EYES[side])].mean(0)[None] + np.float32([0, 0.55 * u])
     if group == "dimple":
-        return lm[SIDED["corner"][side][0]][None] + np.float32([side * 0.15 * u, 0])
-    if group == "mouth":
-        return lm[60:68].mean(0)[None]
+        return lm[SIDED["corner"][side][0]][None] + np.float32([side * 0.1 * u, 0])
     return lm[list(SIDED[group][side] if group in SIDED else CENTRAL[group])]
 
 
-def _targets(au: AU, table: dict, lm: np.ndarray, u: float) -> Iterator[tuple[np.ndarray, float, float, float]]:
-    """(points, a, b, sigma) per entry of `table` for this AU: sided groups on the AU's side(s) only."""
+def _targets(
+    au: AU, table: dict, lm: np.ndarray, u: float, outward: bool
+) -> Iterator[tuple[np.ndarray, float, float, float]]:
+    """(points, a, b, c) per entry of `table` for this AU: sided groups on the AU's side(s) only; with
+    `outward`, `a` is a dx away from the midline and turns with the side."""
     sides = (-1, 1) if au.side is None else ((1,) if au.side == "L" else (-1,))
     for group, a, b, sigma in table.get(au.number, ()):
         if group in SIDED:
             for s in sides:
-                yield _points(lm, u, group, s), s * a if table is PHOTO_MOVES else a, b, sigma
+                yield _points(lm, u, group, s), s * a if outward else a, b, sigma
         else:  # a midline point moves half as far for a one-sided AU (synth.py's `_centre`)
             half = 1.0 if au.side is None else 0.5
             yield _points(lm, u, group, 0), a * half, b * half, sigma
 
 
 def au_field(aus: tuple[AU, ...], lm: np.ndarray, u: float, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    """Displacement (2, h, w) in px at k = 1 over the grid: per AU, Gaussian bumps around the moved points,
-    normalised by their summed weight so that neighbouring points moving alike do not add up."""
-    amp, total = PHOTO_AMPLITUDE * u, np.zeros((2, *gx.shape), np.float32)
+    """Displacement (2, h, w) in px at k = 1 over the grid.
+
+    The AUs' moves are first added per point (as FacePainter adds its AU terms per feature: 1 + 2 raise the
+    whole brow by A, 1 + 4 leave the inner brow at -0.2 A), then spread by Gaussian bumps normalised by
+    their summed weight, so that neighbouring points moving alike do not add up."""
+    moves: dict[tuple[float, float], list[float]] = {}  # point -> [dx, dy, sigma]
     for au in aus:
-        acc, wsum = np.zeros_like(total), np.zeros(gx.shape, np.float32)
-        for pts, dx, dy, sigma in _targets(au, PHOTO_MOVES, lm, u):
+        for pts, dx, dy, sigma in _targets(au, PHOTO_MOVES, lm, u, outward=True):
             for x, y in pts:
-                w = np.exp(-((gx - x) ** 2 + (gy - y) ** 2) / (2 * (sigma * u) ** 2))
-                acc[0] += w * dx * amp
-                acc[1] += w * dy * amp
-                wsum += w
-        total += acc / np.maximum(1.0, wsum)
-    return total
+                m = moves.setdefault((float(x), float(y)), [0.0, 0.0, 0.0])
+                m[0], m[1], m[2] = m[0] + dx, m[1] + dy, max(m[2], sigma)
+    amp = PHOTO_AMPLITUDE * u
+    acc, wsum = np.zeros((2, *gx.shape), np.float32), np.zeros(gx.shape, np.float32)
+    for (x, y), (dx, dy, sigma) in moves.items():
+        w = np.exp(-((gx - x) ** 2 + (gy - y) ** 2) / (2 * (sigma * u) ** 2))
+        acc[0] += w * (dx * amp)
+        acc[1] += w * (dy * amp)
+        wsum += w
+    return acc / np.maximum(1.0, wsum)
 
 
-def au_shade(aus: tuple[AU, ...], lm: np.ndarray, u: float, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    """Darkening (h, w) at k = 1: negative where wrinkles, dimples or parted lips darken the skin."""
+def au_shade(
+    aus: tuple[AU, ...], lm: np.ndarray, u: float, gx: np.ndarray, gy: np.ndarray, disp: np.ndarray
+) -> np.ndarray:
+    """Darkening (h, w) at k = 1: negative where creases, dimples or parted lips darken the skin.
+
+    Parted lips are dark where `disp` (the AU field) stretches the mouth vertically; that is linear in
+    the field, so it scales with k like the rest."""
     shade = np.zeros(gx.shape, np.float32)
+    if any(a.number in OPENING for a in aus):
+        mx, my = lm[60:68].mean(0)
+        mouth = np.exp(-(((gx - mx) / (0.35 * u)) ** 2 + ((gy - my) / (0.12 * u)) ** 2) / 2)
+        shade -= OPENING_DARK * mouth * np.maximum(0, np.gradient(disp[1], axis=0))
     for au in aus:
-        for pts, strength, sx, sy in _targets(au, PHOTO_SHADES, lm, u):
+        for pts, strength, sx, sy in _targets(au, PHOTO_SHADES, lm, u, outward=False):
             for x, y in pts:
                 shade -= strength * np.exp(-(((gx - x) / (sx * u)) ** 2 + ((gy - y) / (sy * u)) ** 2) / 2)
     return shade
+
+
+class PhotoScene:
+    """The photo with AU warps: per event one precomputed field over the face box, scaled per frame."""
+
+    def __init__(self, look: PhotoLook):
+        self.canvas, self.noise = photo_canvas(look), look.noise
+        self.lm = lm = face_landmarks(self.canvas)
+        self.u = float(np.linalg.norm(lm[42:48].mean(0) - lm[36:42].mean(0)))  # eye distance, px
+        (x0, y0), (x1, y1) = lm.min(0) - self.u, lm.max(0) + self.u  # bumps reach ~3 sigma <= 1 u
+        x0, y0, x1, y1 = max(0, int(x0)), max(0, int(y0)), min(WIDTH, int(x1) + 1), min(HEIGHT, int(y1) + 1)
+        self.roi = (x0, y0, x1, y1)
+        self.gx, self.gy = np.meshgrid(
+            np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32)
+        )
+        cx, cy = lm[:27].mean(0)
+        self.head = (float(cx), float(cy - 0.3 * self.u), 1.5 * self.u, 1.9 * self.u)  # face + hair
+        (bx0, by0), (bx1, by1) = lm.min(0), lm.max(0)
+        self.face_box = (int(bx0), int(by0), int(bx1) + 1, int(by1) + 1)
+        self._fields: dict[tuple[AU, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def field(self, aus: tuple[AU, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(displacement, shade) at k = 1 for this AU set, computed once per set."""
+        if aus not in self._fields:
+            args = (aus, self.lm, self.u, self.gx, self.gy)
+            disp = au_field(*args)
+            self._fields[aus] = (disp, au_shade(*args, disp))
+        return self._fields[aus]
+
+    def render(self, aus: tuple[AU, ...], k: float, blink: float) -> np.ndarray:
+        if k == 0 and blink == 0:
+            return self.canvas
+        img = self.canvas.copy()
+        if k and aus:
+            disp, shade = self.field(aus)
+            x0, y0, x1, y1 = self.roi
+            # backward map: the pixel that moves by d to x comes from x - d (fields are smooth and small)
+            part = cv2.remap(self.canvas, self.gx - k * disp[0], self.gy - k * disp[1], cv2.INTER_LINEAR)
+            gain = np.maximum(0.2, 1 + k * shade)[..., None]
+            img[y0:y1, x0:x1] = np.clip(part * gain, 0, 255).astype(np.uint8)
+        if blink:
+            for side in (-1, 1):
+                self._blink(img, side, blink)
+        return img
+
+    def _blink(self, img: np.ndarray, side: int, b: float) -> None:
+        """Slide the upper lid's skin down over a fraction `b` of the eye; the lower lid stays put."""
+        i = EYES[side]  # corner, upper, upper, corner, lower, lower (clockwise)
+        upper, lower = self.lm[[i[0], i[1], i[2], i[3]]], self.lm[[i[0], i[5], i[4], i[3]]]
+        lid = 0.18 * self.u  # skin between the lid line and the brow that stretches over the eye
+        x0, x1 = int(upper[:, 0].min()), int(upper[:, 0].max()) + 2
+        y0, y1 = int(upper[:, 1].min() - lid) - 1, int(lower[:, 1].max()) + 2
+        gx, gy = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
+        yu = np.interp(gx[0], upper[:, 0], upper[:, 1]).astype(np.float32)
+        yl = np.interp(gx[0], lower[:, 0], lower[:, 1]).astype(np.float32)
+        top, edge = yu - lid, yu + b * (yl - yu)
+        stretch = (yu - top) / np.maximum(edge - top, 1e-3)
+        src = np.where((gy >= top) & (gy < edge), top + (gy - top) * stretch, gy).astype(np.float32)
+        img[y0:y1, x0:x1] = cv2.remap(img, gx, src, cv2.INTER_LINEAR)
+
+
+def make_scene(identity: str, seed: int, subject: int) -> Scene:
+    """Subject `subject`'s face: the same identity stream as synth.py's (seed, subject)."""
+    rng = np.random.default_rng([seed, subject])
+    if identity == "photo":
+        return PhotoScene(make_look(rng))
+    return PaintedScene(make_identity(rng), np.random.default_rng([seed, subject, 1]))
+
+
+# ---------------------------------------------------------------------------------------------- camera
+
+
+class HeadMotion:
+    """Slow drift and roll: three slow sinusoids per axis, so the motion is the same in seconds at any fps."""
+
+    def __init__(self, rng: np.random.Generator, shift: float = 4.0, roll: float = 2.0):
+        self.terms = []
+        for amp in (shift, 0.75 * shift, roll):  # x px, y px, degrees; the weights sum to <= amp
+            weights = rng.dirichlet(np.ones(3)) * amp * rng.uniform(0.6, 1.0)
+            self.terms.append((weights, rng.uniform(0.02, 0.12, 3), rng.uniform(0, 2 * math.pi, 3)))
+
+    def at(self, seconds: np.ndarray) -> np.ndarray:
+        """(n, 3): dx, dy (px) and roll (degrees) at each time."""
+        return np.stack(
+            [
+                (w[:, None] * np.sin(2 * math.pi * f[:, None] * seconds + p[:, None])).sum(0)
+                for w, f, p in self.terms
+            ],
+            axis=1,
+        )
+
+
+class HeadWarp:
+    """Moves the head (a soft ellipse) rigidly while the background stays; the neck region stretches."""
+
+    OUTER = 1.5  # the weight falls from 1 at the ellipse to 0 at this multiple of it
+
+    def __init__(self, head: tuple[float, float, float, float]):
+        cx, cy, rx, ry = head
+        x0, x1 = max(0, int(cx - self.OUTER * rx)), min(WIDTH, int(cx + self.OUTER * rx) + 1)
+        y0, y1 = max(0, int(cy - self.OUTER * ry)), min(HEIGHT, int(cy + self.OUTER * ry) + 1)
+        self.box = (x0, y0, x1, y1)
+        self.gx, self.gy = np.meshgrid(
+            np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32)
+        )
+        r = np.sqrt(((self.gx - cx) / rx) ** 2 + ((self.gy - cy) / ry) ** 2)
+        t = np.clip((self.OUTER - r) / (self.OUTER - 1), 0, 1)
+        self.w = (t * t * (3 - 2 * t)).astype(np.float32)
+        self.wx, self.wy = self.w * (self.gx - cx), self.w * (self.gy - cy)
+
+    def apply(self, img: np.ndarray, dx: float, dy: float, degrees: float) -> np.ndarray:
+        c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+        # output x shows the head point R(-a)(x - centre - shift) + centre: a displacement linear in x
+        bx, by = -(c * dx + s * dy), -(-s * dx + c * dy)
+        mx = self.gx + (c - 1) * self.wx + s * self.wy + bx * self.w
+        my = self.gy - s * self.wx + (c - 1) * self.wy + by * self.w
+        out = img.copy()
+        x0, y0, x1, y1 = self.box
+        out[y0:y1, x0:x1] = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return out
+
+
+class Sensor:
+    """The lighting ramp (a gain, stronger on one side) and sensor noise.
+
+    Noise comes from a small bank of fields read at random offsets: drawing a fresh 640x480x3 normal field
+    costs more than the rest of a frame, and a spotter cannot tell the difference."""
+
+    BANK, PAD = 6, 16
+
+    def __init__(self, rng: np.random.Generator, sigma: float, lighting: Lighting | None):
+        shape = (self.BANK, HEIGHT + self.PAD, WIDTH + self.PAD, 3)
+        self.bank = rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
+        self.gain = None
+        if lighting:
+            ramp = np.linspace(1.0, 0.0, WIDTH) if lighting.from_left else np.linspace(0.0, 1.0, WIDTH)
+            self.gain = (lighting.delta * (0.6 + 0.4 * ramp)).astype(np.float32)[None, :, None]
+
+    def apply(self, img: np.ndarray, light: float, rng: np.random.Generator) -> np.ndarray:
+        out = img.astype(np.float32)
+        if light and self.gain is not None:
+            out *= 1 + np.float32(light) * self.gain
+        i, oy, ox = rng.integers(self.BANK), rng.integers(self.PAD), rng.integers(self.PAD)
+        out += self.bank[i, oy : oy + HEIGHT, ox : ox + WIDTH]
+        return np.clip(out, 0, 255, out=out).astype(np.uint8)
+
+
+def render_video(scene: Scene, plan: VideoPlan, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """The video's BGR frames, one at a time (a 60 s 200 fps video does not fit in memory as a list)."""
+    tl = Timeline.of(plan)
+    pose = HeadMotion(rng).at(np.arange(plan.n_frames) / plan.fps)
+    warp, sensor = HeadWarp(scene.head), Sensor(rng, scene.noise, plan.lighting)
+    for t in range(plan.n_frames):
+        e = int(tl.event[t])
+        aus = plan.events[e].aus if e >= 0 else ()
+        img = scene.render(aus, float(tl.k[t]), float(tl.blink[t]))
+        img = warp.apply(img, *(float(x) for x in pose[t]))  # Python floats keep the maps float32
+        yield sensor.apply(img, float(tl.light[t]), rng)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _write_mp4(path: Path, frames: Iterator[np.ndarray], fps: float, bar: tqdm) -> None:
+    """mp4v at the video's own fps, written under a temporary name and renamed when complete."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # the suffix picks the container
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (WIDTH, HEIGHT))
+        if not writer.isOpened():
+            raise InputError(f"{path} — OpenCV cannot open an mp4v writer there")
+        try:
+            for f in frames:
+                writer.write(f)
+                bar.update()
+            writer.release()
+            os.replace(tmp, path)
+        finally:
+            writer.release()
+            tmp.unlink(missing_ok=True)
+
+
+def _write_folder(folder: Path, frames: Iterator[np.ndarray], bar: tqdm) -> None:
+    with atomic_dir(folder) as tmp:
+        for t, f in enumerate(frames, start=1):
+            if not cv2.imwrite(str(tmp / f"img{t}.jpg"), f, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                raise InputError(f"{folder} — cannot write img{t}.jpg")
+            bar.update()
+
+
+def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _event_rows(plan: VideoPlan, base: int) -> list[dict]:
+    return [
+        {
+            "subject": plan.subject,
+            "video": plan.video,
+            "onset": e.onset + base,
+            "apex": e.apex + base,
+            "offset": e.offset + base,
+            "aus": "+".join(a.code() for a in e.aus),  # as synth.py's `_annotation` writes them
+            "emotion": e.emotion,
+            "type": e.kind,
+        }
+        for e in plan.events
+    ]
+
+
+def _blink_rows(plan: VideoPlan, base: int) -> list[dict]:
+    return [
+        {"subject": plan.subject, "video": plan.video, "onset": on + base, "offset": off + base}
+        for on, off in plan.blinks
+    ]
+
+
+def _entry(plan: VideoPlan, scene: Scene, identity: str, split: str, path: str, base: int) -> dict:
+    light = plan.lighting
+    kinds = [e.kind for e in plan.events]
+    return {
+        "subject": plan.subject,
+        "video": plan.video,
+        "path": path,
+        "fps": plan.fps,
+        "frames": plan.n_frames,
+        "first_frame": base,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "identity": identity,
+        "split": split,
+        "micro": kinds.count("micro"),
+        "macro": kinds.count("macro"),
+        "blinks": len(plan.blinks),
+        "lighting": None
+        if light is None
+        else {"onset": light.onset + base, "offset": light.offset + base, "gain": round(1 + light.delta, 4)},
+        "face_box": [int(x) for x in scene.face_box],
+    }
+
+
+def _check(
+    subjects: int, videos_per_subject: int, seconds: float, fps: float, identity: str, tf: float
+) -> None:
+    if identity not in IDENTITIES:
+        raise InputError(f"data synth --identity {identity!r} — choose one of {', '.join(IDENTITIES)}")
+    if subjects < 1 or videos_per_subject < 1 or not seconds > 0 or not fps >= MIN_FPS or not 0 <= tf < 1:
+        raise InputError(
+            f"data synth --long — subjects={subjects}, videos_per_subject={videos_per_subject}, "
+            f"seconds={seconds}, fps={fps}, test_fraction={tf}: need at least 1 subject and 1 video, "
+            f"seconds > 0, fps >= {MIN_FPS:g} (a 0.2 s micro-expression needs a few frames) and "
+            "0 <= test_fraction < 1"
+        )
+
+
+@dataclass
+class _Sheets:
+    events: list[dict] = field(default_factory=list)
+    blinks: list[dict] = field(default_factory=list)
+    videos: list[dict] = field(default_factory=list)
+
+
+def synthesize_long(
+    out: str | Path,
+    subjects: int = 4,
+    videos_per_subject: int = 2,
+    seconds: float = 60.0,
+    fps: float = 30.0,
+    identity: str = "photo",
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    frames: bool = False,
+) -> Path:
+    """Write SynthME-long videos and their sheets to `out`; returns `out`.
+
+    Args:
+        out: output folder (see the module docstring for its layout).
+        subjects: identities; the last `test_fraction` of them form the test split.
+        videos_per_subject: long videos per identity.
+        seconds: length of each video.
+        fps: frame rate (30 like CAS(ME)^3, 200 like SAMM); the events' timing is in seconds.
+        identity: "photo" (the astronaut photo, AU-driven warps) or "procedural" (synth.py's painted face).
+        seed: same arguments -> identical annotation files.
+        test_fraction: share of subjects held out.
+        frames: write frame folders `frames/<video>/img<N>.jpg` (N from 1) instead of mp4 files.
+    """
+    _check(subjects, videos_per_subject, seconds, fps, identity, test_fraction)
+    out, base = Path(out), 1 if frames else 0
+    test = _test_subjects(subjects, test_fraction)
+    jobs = [(j, v) for j in range(subjects) for v in range(videos_per_subject)]
+    plans = [
+        plan_video(
+            np.random.default_rng([seed, j, v]), f"s{j + 1:02d}", f"s{j + 1:02d}_v{v + 1:02d}", seconds, fps
+        )
+        for j, v in jobs
+    ]
+    sheets, scene, scene_of = _Sheets(), None, -1
+    with tqdm(total=sum(p.n_frames for p in plans), desc="SynthME long videos", unit="frame") as bar:
+        for (j, v), plan in zip(jobs, plans, strict=True):
+            if scene_of != j:  # one subject's face at a time: a scene holds its fields and canvas
+                scene, scene_of = make_scene(identity, seed, j), j
+            stream = render_video(scene, plan, np.random.default_rng([seed, j, v, 1]))
+            rel = f"frames/{plan.video}" if frames else f"videos/{plan.video}.mp4"
+            if frames:
+                _write_folder(out / rel, stream, bar)
+            else:
+                _write_mp4(out / rel, stream, fps, bar)
+            split = "test" if plan.subject in test else "train"
+            sheets.events += _event_rows(plan, base)
+            sheets.blinks += _blink_rows(plan, base)
+            sheets.videos.append(_entry(plan, scene, identity, split, rel, base))
+    atomic_write(out / "annotations.csv", _csv(sheets.events, COLUMNS))
+    atomic_write(out / "blinks.csv", _csv(sheets.blinks, BLINK_COLUMNS))
+    atomic_write(out / "videos.json", json.dumps({"videos": sheets.videos}, indent=1) + "\n")
+    return out
