@@ -31,6 +31,7 @@ from mevqa.prompts import (
     Q_LVQA_COUNT_MACRO,
     Q_LVQA_COUNT_MICRO,
     Q_LVQA_TYPE,
+    classify,
 )
 
 TYPES = ("micro", "macro")
@@ -356,6 +357,26 @@ def _au_inventory(events: list[Interval]) -> str:
     return ", ".join(AU(n).name for n in numbers)
 
 
+def lvqa_answer(question: str, events: list[Interval]) -> str:
+    """The answer to an ME-LVQA question from a video's events (the gold ones for a file, the spotted ones
+    for a prediction), in the test files' format. A type question past the last event gets the commoner
+    type of the events (macro when there are none)."""
+    events = sorted(events, key=lambda e: (e.onset, e.offset))
+    qtype, n = classify(question)
+    if qtype == "lvqa_count_all":
+        return str(len(events))
+    if qtype in ("lvqa_count_micro", "lvqa_count_macro"):
+        return str(sum(e.type == qtype.rsplit("_", 1)[1] for e in events))
+    if qtype == "lvqa_aus":
+        return _au_inventory(events)
+    if qtype == "lvqa_type" and n is not None:
+        if int(n) <= len(events):
+            return TYPE_ANSWERS[events[int(n) - 1].type]
+        micro = sum(e.type == "micro" for e in events)
+        return TYPE_ANSWERS["micro" if micro > len(events) - micro else "macro"]
+    raise InputError(f"{question!r} — not an ME-LVQA question")
+
+
 def lvqa_rows(
     video: str,
     events: list[Interval],
@@ -376,14 +397,12 @@ def lvqa_rows(
             f"video {video} — event at frame {untyped[0].onset} has no micro/macro type (give fps)"
         )
     rng = rng or random.Random(f"{video_id_prefix}:{video}")
-    qa = [
-        (Q_LVQA_COUNT_ALL, str(len(events))),
-        (Q_LVQA_COUNT_MICRO, str(sum(e.type == "micro" for e in events))),
-        (Q_LVQA_COUNT_MACRO, str(sum(e.type == "macro" for e in events))),
-        (Q_LVQA_AUS, _au_inventory(events)),
+    qs = [Q_LVQA_COUNT_ALL, Q_LVQA_COUNT_MICRO, Q_LVQA_COUNT_MACRO, Q_LVQA_AUS]
+    qs += [
+        Q_LVQA_TYPE.format(n=n)
+        for n in rng.sample(range(1, len(events) + 1), min(n_questions_for_type, len(events)))
     ]
-    for n in rng.sample(range(1, len(events) + 1), min(n_questions_for_type, len(events))):
-        qa.append((Q_LVQA_TYPE.format(n=n), TYPE_ANSWERS[events[n - 1].type]))
+    qa = [(q, lvqa_answer(q, events)) for q in qs]
     return [
         {"video_id": f"{video_id_prefix}_{video}_{k}", "video": video, "question": q, "answer": a}
         for k, (q, a) in enumerate(qa, start=1)

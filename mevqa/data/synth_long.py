@@ -792,6 +792,11 @@ def synthesize_long(
             sheets.blinks += _blink_rows(plan, base)
             sheets.videos.append(_entry(plan, scene, identity, split, rel, base))
     atomic_write(out / "annotations.csv", _csv(sheets.events, COLUMNS))
+    for part in ("train", "test"):  # the same sheet split by subject: tune on one, score on the other
+        names = {v["video"] for v in sheets.videos if v["split"] == part}
+        atomic_write(
+            out / f"annotations_{part}.csv", _csv([e for e in sheets.events if e["video"] in names], COLUMNS)
+        )
     atomic_write(out / "blinks.csv", _csv(sheets.blinks, BLINK_COLUMNS))
     atomic_write(out / "videos.json", json.dumps({"videos": sheets.videos}, indent=1) + "\n")
     return out
