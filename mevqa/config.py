@@ -385,7 +385,10 @@ class EvalConfig(Settings):
     """`mevqa eval`: answer every question of a MEGC file, resumably, and score it.
 
     Attributes:
-        data: MEGC JSONL (train-style with answers, or a test file to answer).
+        task: vqa (short clips: a MEGC JSONL), str (ME-STR: --data is a long-video annotation sheet; spot,
+            then the emotion of each interval; STRS) or lvqa (ME-LVQA: --data is a question file; spot, then
+            the AUs of each event; counts, AU inventory, event types). See eval/PROTOCOL.md.
+        data: MEGC JSONL (train-style with answers, or a test file to answer); with --task str a sheet.
         out: output folder (predictions, metrics, report, submission files).
         root: folder holding the clips.
         clip_pattern: clip path under --root, e.g. {dataset}/{subject}/{filename} or videos/{image_id}.mp4.
@@ -397,8 +400,10 @@ class EvalConfig(Settings):
         reuse: decode each clip once for all its questions (--no-reuse: per question, a benchmark baseline).
         overwrite: discard earlier predictions in --out.
         max_errors: stop after this many failed answers in a row (0: never stop).
+        spot_recipe: spotter settings for --task str|lvqa (the spot_recipe.yaml of `mevqa spot --tune`).
     """
 
+    task: str = setting("vqa", choices=("vqa", "str", "lvqa"))
     data: str = setting("", required=True)
     out: str = setting("", required=True)
     model: ModelSpec = setting(ModelSpec(), requires="model")
@@ -416,6 +421,7 @@ class EvalConfig(Settings):
     reuse: bool = True
     overwrite: bool = False
     max_errors: int = setting(20, min=0)
+    spot_recipe: str | None = None
 
 
 @dataclass(frozen=True)

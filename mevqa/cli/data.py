@@ -94,6 +94,12 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from mevqa.data.convert import convert
     from mevqa.data.megc import write_jsonl
 
+    if a.long:
+        from mevqa.data.longvideo import convert_long
+
+        for what, path in convert_long(a.annotations, a.out, a.dataset, fps=a.fps, seed=a.seed).items():
+            print(f"wrote {path} ({what})")
+        return 0
     rows = convert(a.annotations, a.dataset, seed=a.seed)
     write_jsonl(a.out, rows)
     clips = len({r["image_id"] for r in rows})
@@ -147,6 +153,15 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--annotations", required=True, help="the dataset's coding sheet (.xlsx or .csv)")
     p.add_argument("--out", required=True, help="output JSONL")
     p.add_argument("--seed", type=int, default=0, help="seed for the absent AU of the 'no' question")
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help="a long-video sheet (CAS(ME)3 / SAMM long videos, CAS(ME)2, SynthME long): --out is a folder "
+        "that gets str_gold.csv (ME-STR), lvqa.jsonl (ME-LVQA questions) and events.jsonl (per-event rows)",
+    )
+    p.add_argument(
+        "--fps", type=float, help="with --long: frame rate, for sheets without a micro/macro column"
+    )
     p.set_defaults(func=cmd_convert)
 
     p = data.add_parser(

@@ -18,6 +18,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     # the adapter's recorded frame settings and prompt, unless the YAML or a flag sets them
     cfg = load_settings(a, EvalConfig, "eval", adapter_defaults)
+    if cfg.task != "vqa":
+        from mevqa.evaluation.long_eval import run_long, summary_lines
+
+        print("\n".join(summary_lines(run_long(cfg))))
+        return 0
     summary = run_eval(cfg)
     if summary is None:  # another process of a multi-process run: the main one reports
         return 0

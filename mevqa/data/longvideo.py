@@ -443,3 +443,28 @@ def str_gold(events_by_video: Mapping[str, list[Interval]]) -> list[Interval]:
     """ME-STR ground truth: every event, its `video` set to its key, ordered by subject, video, onset."""
     out = [replace(e, video=v) for v, evs in events_by_video.items() for e in evs]
     return sorted(out, key=lambda e: (e.subject or "", e.video, e.onset, e.offset))
+
+
+def convert_long(
+    sheet: str | Path,
+    out: str | Path,
+    dataset: str,
+    prefix: str | None = None,
+    fps: float | None = None,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """A long-video annotation sheet -> the files the long-video tasks and training read, in `out`:
+    `str_gold.csv` (ME-STR intervals), `lvqa.jsonl` (the six ME-LVQA test templates per video, answered),
+    `events.jsonl` (per-event short-clip ME-VQA rows: `mevqa train` trains on the events of long videos)."""
+    from mevqa.data.megc import write_jsonl
+
+    out = Path(out)
+    events = read_sheet(sheet, fps=fps)
+    prefix = prefix or f"{dataset}_test"
+    lvqa = [r for v, evs in events.items() for r in lvqa_rows(v, evs, prefix)]
+    per_event = [r for v, evs in events.items() for r in event_rows(v, evs, dataset, seed=seed)]
+    return {
+        "str_gold": write_intervals(out / "str_gold.csv", str_gold(events)),
+        "lvqa": write_jsonl(out / "lvqa.jsonl", lvqa),
+        "events": write_jsonl(out / "events.jsonl", per_event),
+    }
