@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -84,20 +85,31 @@ def analysis_step(video_fps: float, analysis_fps: float) -> int:
 def stream(
     clip: Clip, step: int, on_short: Callable[[int], None] | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, RGB frame) for every `step`-th frame, decoded in chunks; a video whose header promised more
-    frames than it holds ends at its last decodable frame (reported through `on_short`)."""
+    """(index, RGB frame) for every `step`-th frame, decoded in chunks, the next chunk decoding in a thread
+    while this one is analysed (the decoder releases the GIL: decode and flow share the two cores). A video
+    whose header promised more frames than it holds ends at its last decodable frame (`on_short`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     indices = list(range(0, clip.num_frames, step))
-    for start in range(0, len(indices), CHUNK):
-        chunk = indices[start : start + CHUNK]
-        try:
-            frames = clip.read(chunk)
-        except InputError:
-            frames = _read_until_failure(clip, chunk)
-            if on_short:
-                on_short(chunk[len(frames)] if len(frames) < len(chunk) else chunk[-1])
+    chunks = [indices[i : i + CHUNK] for i in range(0, len(indices), CHUNK)]
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_read, clip, chunks[0]) if chunks else None
+        for n, chunk in enumerate(chunks):
+            frames, short = pending.result()
+            pending = pool.submit(_read, clip, chunks[n + 1]) if n + 1 < len(chunks) and not short else None
             yield from zip(chunk, frames)
-            return
-        yield from zip(chunk, frames)
+            if short:
+                if on_short:
+                    on_short(chunk[len(frames)] if len(frames) < len(chunk) else chunk[-1])
+                return
+
+
+def _read(clip: Clip, chunk: list[int]) -> tuple[list[np.ndarray], bool]:
+    """A chunk's frames, and whether the video ended early inside it."""
+    try:
+        return clip.read(chunk), False
+    except InputError:
+        return _read_until_failure(clip, chunk), True
 
 
 def _read_until_failure(clip: Clip, chunk: list[int]) -> list[np.ndarray]:
@@ -230,47 +242,25 @@ def region_motion(
 
 def motion_signal(clip: Clip, cfg: SpotConfig, fps: float | None = None, progress: bool = False) -> Signal:
     """Stream `clip` once and measure its motion signal (see the module docstring)."""
-    import time
-
     from tqdm import tqdm
 
     video_fps = fps or clip.fps
     step = analysis_step(video_fps, cfg.analysis_fps)
     rate = video_fps / step
     k = max(1, round(cfg.interval * rate))
-    stage = FaceStage(cfg.face, rate, cfg.flow_size)
-    faces: deque = deque(maxlen=k + 1)  # the last k+1 analysed faces (None: faceless)
-    frames, rows, vectors, faceless = [], [], [], []
-    empty = (np.full(len(MEASURED), np.nan, np.float32), np.zeros((len(MEASURED), 2), np.float32))
-    t = {"decode": 0.0, "face": 0.0, "flow": 0.0}
-    short = []
-    bar = tqdm(
-        total=math.ceil(clip.num_frames / step),
-        desc=f"spot {clip.path.name}",
-        unit="frame",
-        disable=not progress,
-        leave=False,
-    )
-    t0 = time.perf_counter()
-    for index, frame in stream(clip, step, short.append):
-        t1 = time.perf_counter()
-        face = stage(frame)
-        t2 = time.perf_counter()
-        faces.append(face)
-        prev = faces[0] if len(faces) == k + 1 else None
-        same = face is not None and prev is not None and prev[2] == face[2]  # one alignment: comparable
-        mags, vecs = region_motion(prev[0], face[0], face[1]) if same else empty
-        rows.append(mags)
-        vectors.append(vecs)
-        t3 = time.perf_counter()
-        t["decode"] += t1 - t0
-        t["face"] += t2 - t1
-        t["flow"] += t3 - t2
-        frames.append(clip_number(clip, index))
-        faceless.append(face is None)
-        bar.update()
+    measure = _Measure(FaceStage(cfg.face, rate, cfg.flow_size), k)
+    frames, short = [], []
+    total = math.ceil(clip.num_frames / step)
+    with tqdm(
+        total=total, desc=f"spot {clip.path.name}", unit="frame", disable=not progress, leave=False
+    ) as bar:
         t0 = time.perf_counter()
-    bar.close()
+        for index, frame in stream(clip, step, short.append):
+            measure.timings["decode"] += time.perf_counter() - t0
+            measure(frame)
+            frames.append(clip_number(clip, index))
+            bar.update()
+            t0 = time.perf_counter()
     if short:
         log.warning(
             "%s: the header promises %d frames; decoding stopped at frame %d",
@@ -279,17 +269,37 @@ def motion_signal(clip: Clip, cfg: SpotConfig, fps: float | None = None, progres
             short[0],
         )
     n = len(MEASURED)
-    return Signal(
-        np.array(frames, int),
-        np.array(rows, np.float32).reshape(-1, n),
-        np.array(faceless, bool),
-        np.array(vectors, np.float32).reshape(-1, n, 2),
-        rate,
-        video_fps,
-        step,
-        k,
-        t,
-    )
+    rows = np.array(measure.rows, np.float32).reshape(-1, n)
+    vectors = np.array(measure.vectors, np.float32).reshape(-1, n, 2)
+    faceless = np.array(measure.faceless, bool)
+    return Signal(np.array(frames, int), rows, faceless, vectors, rate, video_fps, step, k, measure.timings)
+
+
+class _Measure:
+    """Per analysed frame: the face, then the flow against the face k frames back (same alignment only);
+    only those k + 1 faces are kept, so memory does not grow with the video."""
+
+    def __init__(self, stage: FaceStage, k: int):
+        self.stage, self.faces = stage, deque(maxlen=k + 1)
+        self.rows: list[np.ndarray] = []
+        self.vectors: list[np.ndarray] = []
+        self.faceless: list[bool] = []
+        self.timings = {"decode": 0.0, "face": 0.0, "flow": 0.0}
+        self.empty = (np.full(len(MEASURED), np.nan, np.float32), np.zeros((len(MEASURED), 2), np.float32))
+
+    def __call__(self, frame: np.ndarray) -> None:
+        t1 = time.perf_counter()
+        face = self.stage(frame)
+        t2 = time.perf_counter()
+        self.faces.append(face)
+        prev = self.faces[0] if len(self.faces) == self.faces.maxlen else None
+        same = face is not None and prev is not None and prev[2] == face[2]  # one alignment: comparable
+        mags, vecs = region_motion(prev[0], face[0], face[1]) if same else self.empty
+        self.rows.append(mags)
+        self.vectors.append(vecs)
+        self.faceless.append(face is None)
+        self.timings["face"] += t2 - t1
+        self.timings["flow"] += time.perf_counter() - t2
 
 
 def clip_number(clip: Clip, index: int) -> int:
