@@ -266,7 +266,7 @@ def tune(
             ]
             f1 = spotting_scores(preds, flat)["overall"]["f1"]
             grid.append({"interval": k, "threshold": t, "f1": round(f1, 4)})
-    best = max(grid, key=lambda g: (g["f1"], -g["threshold"]))
+    best = max(grid, key=lambda g: (g["f1"], g["threshold"]))  # a tie goes to the stricter threshold
     recipe = {"spot": {**to_dict(job.spot), "interval": best["interval"], "threshold": best["threshold"]}}
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
