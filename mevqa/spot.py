@@ -41,7 +41,8 @@ SIGNAL_REGIONS = ("brow_l", "brow_r", "nose", "mouth_l", "mouth_r")
 MEASURED = (*SIGNAL_REGIONS, "eye_l", "eye_r")
 REFERENCE = "nose_bridge"
 CHUNK = 64  # frames decoded at a time
-STABLE = [36, 39, 42, 45, 30, 31, 33, 35]  # eye corners and nose: what the head moves, not an expression
+STABLE = [36, 39, 42, 45, 30, 31, 33, 35]
+TEXTURED = 90  # percentile of the image gradient above which a region's pixels are measured  # eye corners and nose: what the head moves, not an expression
 
 
 @dataclass(frozen=True)
@@ -222,18 +223,26 @@ def _dis() -> Any:
 def region_motion(
     prev: np.ndarray, cur: np.ndarray, boxes: dict[str, tuple[int, int, int, int]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Residual flow per measured region (minus the nose bridge's): its magnitude (90th percentile) and
-    its mean vector (the direction, to pair a movement's onset with its return)."""
+    """Residual flow per measured region (minus the nose bridge's) on its textured pixels: its magnitude
+    (90th percentile) and its mean vector (the direction, to pair a movement's onset with its return)."""
     flow = _dis().calc(prev, cur, None)
     # the head's own motion is what the nose bridge does (no expression moves it); an affine fit of the
     # face outside the brows, eyes and mouth did worse on SynthME long (photo F1 0.82 vs 0.93)
     x0, y0, x1, y1 = boxes[REFERENCE]
     resid = flow - np.median(flow[y0:y1, x0:x1].reshape(-1, 2), axis=0)
+    # flow is only measured where there is texture to see it: on a smooth patch (skin, a painted face) the
+    # flow is whatever noise and the regulariser make it. The 10% most textured pixels of each region
+    # (edges of brows, lids, lips, wrinkles): on SynthME long, F1 0.40 -> 0.96 for the painted face,
+    # 0.93 either way for the photo.
+    grad = np.abs(cv2.Sobel(prev, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(
+        cv2.Sobel(prev, cv2.CV_32F, 0, 1, ksize=3)
+    )
     mags = np.empty(len(MEASURED), np.float32)
     vecs = np.empty((len(MEASURED), 2), np.float32)
     for j, name in enumerate(MEASURED):
         x0, y0, x1, y1 = boxes[name]
-        d = resid[y0:y1, x0:x1].reshape(-1, 2)
+        g = grad[y0:y1, x0:x1].ravel()
+        d = resid[y0:y1, x0:x1].reshape(-1, 2)[g >= np.percentile(g, TEXTURED)]
         # the 90th percentile, not the mean: an AU moves part of a box (a mouth corner), noise moves all of it
         mags[j] = np.percentile(np.hypot(d[:, 0], d[:, 1]), 90)
         vecs[j] = d.mean(axis=0)
