@@ -41,8 +41,8 @@ SIGNAL_REGIONS = ("brow_l", "brow_r", "nose", "mouth_l", "mouth_r")
 MEASURED = (*SIGNAL_REGIONS, "eye_l", "eye_r")
 REFERENCE = "nose_bridge"
 CHUNK = 64  # frames decoded at a time
-STABLE = [36, 39, 42, 45, 30, 31, 33, 35]
-TEXTURED = 90  # percentile of the image gradient above which a region's pixels are measured  # eye corners and nose: what the head moves, not an expression
+STABLE = [36, 39, 42, 45, 30, 31, 33, 35]  # eye corners and nose: what the head moves, not an expression
+TEXTURED = 90  # percentile of the image gradient above which a region's pixels are measured
 
 
 @dataclass(frozen=True)
