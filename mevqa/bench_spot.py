@@ -147,3 +147,21 @@ def markdown(r: dict[str, Any]) -> str:
         f"| {m['minutes']} | {m['max_rss_mb']} | {m['wall_s']} | {m['x_real_time']} |" for m in r["memory"]
     ]
     return "\n".join(lines)
+
+
+def blink_false_positives(pred: Path, gold: Path, blinks: Path) -> dict[str, int]:
+    """Of a spot run's false positives (predictions matching no truth at IoU >= 0.5), how many overlap a
+    SynthME blink (its `blinks.csv`: blinks are not annotated, as in the datasets)."""
+    import csv
+
+    from mevqa.data.longvideo import read_intervals, read_sheet
+    from mevqa.evaluation.spotting import match
+
+    preds = read_intervals(pred)
+    truth = [g for v, evs in read_sheet(gold).items() for g in evs]
+    matched = {pi for pi, _, _ in match(preds, truth, 0.5)}
+    with blinks.open() as f:
+        spans = [(r["video"], int(r["onset"]), int(r["offset"])) for r in csv.DictReader(f)]
+    fps = [p for i, p in enumerate(preds) if i not in matched]
+    on_blink = sum(any(v == p.video and a <= p.offset and p.onset <= b for v, a, b in spans) for p in fps)
+    return {"false_positives": len(fps), "on_blinks": on_blink, "blinks": len(spans)}

@@ -16,3 +16,8 @@ for s in photo-30 photo-200 procedural-30 procedural-200; do
   $MEVQA spot --config "$OUT/results/$s-tune/spot_recipe.yaml" --data "$OUT/$s/annotations_test.csv" \
     --root "$OUT/$s/videos" --out "$OUT/results/$s-test"
 done
+for s in photo-30 photo-200 procedural-30 procedural-200; do
+  "$(dirname "$MEVQA")/python" -c "import sys; from pathlib import Path; from mevqa.bench_spot import blink_false_positives as b
+print(sys.argv[1], b(*map(Path, sys.argv[2:])))" "$s" "$OUT/results/$s-test/intervals.jsonl" \
+    "$OUT/$s/annotations_test.csv" "$OUT/$s/blinks.csv"
+done
