@@ -297,3 +297,19 @@ def test_agent_spot_tool_and_app_event_picker(spotted, long_videos, qwen, tmp_pa
         images
     ) == 2
     assert status.startswith("Event 1:")
+
+
+def test_two_processes_share_the_videos_and_merge(spotted, long_videos, tmp_path):
+    """Under `accelerate launch` each process spots its share of the videos (each once); the main one
+    merges: the same intervals as one process."""
+    from test_distributed import ACCELERATE, launch
+
+    if not ACCELERATE.exists():
+        pytest.skip("accelerate's launcher is not installed")
+    out = tmp_path / "two"
+    r = launch(
+        "spot", "--data", long_videos / "annotations.csv", "--root", long_videos / "videos", "--out", out
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert jsonl(out / "intervals.jsonl") == jsonl(spotted / "intervals.jsonl")
+    assert r.stdout.count("intervals ->") == 1  # one report, from the main process
