@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mevqa.agent import ClipContext, agent_markdown, hierarchical
+from mevqa.agent import ClipContext, agent_markdown, hierarchical, long_video_answer
 from mevqa.backends.base import Backend, VQARequest, load_backend
 from mevqa.config import (
     INPUT_MODES,
@@ -225,6 +225,10 @@ class Demo:
             return
         if agent:
             yield agent_markdown(hierarchical(self.backend, ctx, self.gen))
+            return
+        events = long_video_answer(self.backend, ctx, message, self.gen)  # "how many micro-expressions?"
+        if events is not None:
+            yield events
             return
         parts = ctx.parts(FrameConfig(frames=int(frames), input=mode))
         req = VQARequest("app", (Message.user(*parts, render_question(message, prompt)),))

@@ -34,7 +34,14 @@ Q_COMBINED_MANY = (
     "What are the action units present, and based on them, what is the fine-grained expression and the "
     "coarse expression class?"
 )
-QUESTION_TYPES = ("coarse", "fine", "au_list", "au_presence", "au_side", "combined")
+# MEGC 2026 ME-VQA-v2: question 5 (the combined question) became a free-text analysis request, asked in
+# one of these three phrasings, verbatim from the v2 test files.
+Q_ANALYSIS = (
+    "Please analyse the micro-expression shown in this video in detail.",
+    "Provide a detailed analysis of the micro-expression observed in this clip.",
+    "Provide a comprehensive analysis of the facial micro-expression shown in this clip.",
+)
+QUESTION_TYPES = ("coarse", "fine", "au_list", "au_presence", "au_side", "combined", "analysis")
 
 # The six ME-LVQA (MEGC 2026 long-video) questions, verbatim; 5 and 6 are the type template with the
 # event's number in time order, always spelled `n-th` (`1-th`, `23-th`). Kept apart from QUESTION_TYPES:
@@ -64,6 +71,7 @@ _FIXED = {
     Q_AU_MANY: "au_list",
     Q_COMBINED_ONE: "combined",
     Q_COMBINED_MANY: "combined",
+    **dict.fromkeys(Q_ANALYSIS, "analysis"),
     Q_LVQA_COUNT_ALL: "lvqa_count_all",
     Q_LVQA_COUNT_MICRO: "lvqa_count_micro",
     Q_LVQA_COUNT_MACRO: "lvqa_count_macro",
@@ -85,6 +93,19 @@ def combined_answer(au_names: list[str], fine: str, coarse: str) -> str:
     return (
         f"{head}: {', '.join(au_names)}. Therefore, the fine-grained expression class is {fine}, "
         f"and the coarse expression class is {coarse}."
+    )
+
+
+def analysis_answer(au_names: list[str], fine: str, coarse: str) -> str:
+    """A v2 analysis answer in mevqa's own wording: the official v2 training answers are long analyses whose
+    wording is not public, so this short paragraph names only what the labels know (the AUs, the fine
+    and the coarse class), in the combined answer's sentences so the label parser reads it too."""
+    one = len(au_names) == 1
+    head = "The action unit present is" if one else "The action units present are"
+    return (
+        f"The face shows a brief, subtle movement: a micro-expression. {head}: {', '.join(au_names)}. "
+        f"Based on {'it' if one else 'them'}, the fine-grained expression class is {fine}, and the coarse "
+        f"expression class is {coarse}."
     )
 
 
@@ -238,6 +259,12 @@ _COMBINED_HINT = (
     "Answer in the form: The action units present are: <names>. Therefore, the fine-grained expression class "
     "is <fine>, and the coarse expression class is <coarse>."
 )
+# v2 analysis: free text whose official wording is unknown, so no fixed form; asking for the AUs and both
+# classes keeps a zero-shot paragraph on what the labels know
+_ANALYSIS_HINT = (
+    "In your analysis, name the action units present, the fine-grained expression class and the coarse "
+    "expression class."
+)
 
 
 def label_hint(qtype: str, coarse: str | None = None) -> str:
@@ -249,9 +276,9 @@ def label_hint(qtype: str, coarse: str | None = None) -> str:
         return f"Answer with one of: {', '.join(LABEL_SETS[qtype])}."
     if qtype == "au_list":
         return _AU_HINT
-    if qtype == "combined":
+    if qtype in ("combined", "analysis"):
         hint = f" The coarse expression class is {coarse}." if coarse in COARSE_LABELS else ""
-        return _COMBINED_HINT + hint
+        return (_COMBINED_HINT if qtype == "combined" else _ANALYSIS_HINT) + hint
     return ""
 
 

@@ -313,3 +313,22 @@ def test_two_processes_share_the_videos_and_merge(spotted, long_videos, tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     assert jsonl(out / "intervals.jsonl") == jsonl(spotted / "intervals.jsonl")
     assert r.stdout.count("intervals ->") == 1  # one report, from the main process
+
+
+def test_chat_answers_event_questions_through_the_spotter(spotted, long_videos, qwen):
+    """ "How many micro-expressions?" is counted from the spotted events; "what happened in the second
+    one?" runs the chain on the 2nd event; both show the spot step. Other questions go to the VLM."""
+    from mevqa.agent import ChatSession, ClipContext
+    from mevqa.config import FaceConfig, FrameConfig, GenConfig
+
+    video = str(long_videos / "videos" / "s01_v01.mp4")
+    ctx = ClipContext(video, FrameConfig(frames=2, face=FaceConfig(mode="crop")))
+    chat = ChatSession(qwen, ctx, GenConfig(max_new_tokens=4))
+    expected = [r for r in jsonl(spotted / "intervals.jsonl") if r["video"] == "s01_v01"]
+    micro = sum(r["type"] == "micro" for r in expected)
+    out = chat.command("How many micro-expressions are there?")
+    assert f"{len(expected)} expression events: {micro} micro-expressions" in out and "**spot**" in out
+    out = chat.command("What happened in the second one?")
+    e = expected[1]
+    assert f"event 2 is frames {e['onset']}–{e['offset']}" in out and "coarse" in out
+    assert chat.history == []  # neither went to the plain chat

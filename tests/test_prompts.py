@@ -14,15 +14,16 @@ from PIL import Image
 from mevqa.config import PROMPT_STRATEGIES
 from mevqa.facs import COARSE_LABELS
 from mevqa.models.loading import load_processor
-from mevqa.prompts import TEMPLATE_EXAMPLES, Message, prompt_fingerprint, render_question, to_hf
+from mevqa.prompts import Q_ANALYSIS, TEMPLATE_EXAMPLES, Message, prompt_fingerprint, render_question, to_hf
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "prompts.json"
+QUESTIONS = (*TEMPLATE_EXAMPLES, *Q_ANALYSIS)  # the 2025 templates and the three v2 analysis phrasings
 
 
 def rendered(processor) -> dict[str, str]:
     image = Image.new("RGB", (56, 56))
     out = {}
-    for q in TEMPLATE_EXAMPLES:
+    for q in QUESTIONS:
         for strategy in PROMPT_STRATEGIES:
             for coarse in (None, *COARSE_LABELS) if strategy == "hierarchical" else (None,):
                 chat, _, _ = to_hf([Message.user(image, image, render_question(q, strategy, coarse))])
@@ -39,4 +40,4 @@ def test_prompt_snapshots(tiny_qwen, request):
     before = json.loads(SNAPSHOT.read_text())
     changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
     assert not changed, f"prompts changed (review, then --update-snapshots): {changed[:5]}"
-    assert len(now) == len(TEMPLATE_EXAMPLES) * (len(PROMPT_STRATEGIES) + len(COARSE_LABELS)) + 1
+    assert len(now) == len(QUESTIONS) * (len(PROMPT_STRATEGIES) + len(COARSE_LABELS)) + 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,6 +157,50 @@ def agent_markdown(r: dict[str, Any]) -> str:
     return f"{head}\n\n{steps}\n\n{verdict}"
 
 
+ORDINALS = {
+    "first": 1,
+    "second": 2,
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+    "last": -1,
+}
+_COUNT = re.compile(r"\bhow many\b.*\b(micro|macro|expression|event)", re.I)
+_NTH = re.compile(
+    r"\b(?:(\d+)(?:st|nd|rd|th|-th)?|(" + "|".join(ORDINALS) + r"))\b\s*(?:one|event|expression)?", re.I
+)
+
+
+def long_video_answer(backend: Backend, ctx: ClipContext, text: str, gen: GenConfig) -> str | None:
+    """Questions about a long video's events, answered through the spotter and the per-event VLM call
+    with every step shown: "how many micro-expressions are there?" (the spotted events, counted) and
+    "what happened in the second one?" (the hierarchical chain on the 2nd event). None: another question."""
+    if _COUNT.search(text):
+        events = ctx.events()
+        micro = sum(e.type == "micro" for e in events)
+        spans = "\n".join(
+            f"- event {i}: {e.type}, frames {e.onset}–{e.offset} (apex {e.apex})"
+            for i, e in enumerate(events, start=1)
+        )
+        macro = len(events) - micro
+        head = f"{len(events)} expression events: {micro} micro-expressions, {macro} macro-expressions"
+        return f"**spot**: {head}\n{spans}"
+    m = re.search(r"\bwhat\b.*\b(?:in|during|at)\b.*?" + _NTH.pattern, text, re.I)
+    if not m:
+        return None
+    n = int(m.group(1)) if m.group(1) else ORDINALS[m.group(2).lower()]
+    n = len(ctx.events()) if n == -1 else n
+    event = ctx.event(n)
+    r = hierarchical(backend, event, gen)
+    where = f"event {n} is frames {event.onset}–{event.offset} (apex {event.apex})"
+    return f"**spot**: {where}\n\n{agent_markdown(r)}"
+
+
 CHAT_COMMANDS = ("/agent", "/tools", "/flow", "/reset", "/quit", "/exit", "/help")
 
 
@@ -211,6 +256,9 @@ class ChatSession:
             return self._tools(arg.strip())
         if cmd.startswith("/"):
             return f"unknown command {cmd!r} — {', '.join(CHAT_COMMANDS)}"
+        events = long_video_answer(self.backend, self.ctx, line, self.gen)
+        if events is not None:
+            return f"mevqa> {events}"
         ans = self.send(line)
         return f"mevqa> {ans.text}" if ans.ok else f"error: the model failed: {ans.error}"
 

@@ -7,13 +7,21 @@ import argparse
 from mevqa.errors import InputError
 
 
+def _no_v2_with_long(a: argparse.Namespace) -> None:
+    if a.long and a.v2:
+        raise InputError("--v2 — is for short-clip ME-VQA QA; --long videos have no v2 questions")
+
+
 def cmd_synth(a: argparse.Namespace) -> int:
+    _no_v2_with_long(a)
     if a.long:
         return _synth_long(a)
     from mevqa.data.synth import synthesize
 
     fps = 200.0 if a.fps is None else a.fps
-    out = synthesize(a.out, a.subjects, a.clips_per_subject, fps, a.size, a.seed, a.video, a.test_fraction)
+    out = synthesize(
+        a.out, a.subjects, a.clips_per_subject, fps, a.size, a.seed, a.video, a.test_fraction, v2=a.v2
+    )
     print(f"wrote {out}/frames, annotations.csv, train.jsonl, test.jsonl")
     return 0
 
@@ -94,17 +102,24 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from mevqa.data.convert import convert
     from mevqa.data.megc import write_jsonl
 
+    _no_v2_with_long(a)
     if a.long:
         from mevqa.data.longvideo import convert_long
 
         for what, path in convert_long(a.annotations, a.out, a.dataset, fps=a.fps, seed=a.seed).items():
             print(f"wrote {path} ({what})")
         return 0
-    rows = convert(a.annotations, a.dataset, seed=a.seed)
+    rows = convert(a.annotations, a.dataset, seed=a.seed, v2=a.v2)
     write_jsonl(a.out, rows)
     clips = len({r["image_id"] for r in rows})
     print(f"wrote {a.out}: {len(rows)} questions about {clips} clips")
     return 0
+
+
+_V2_HELP = (
+    "MEGC 2026 ME-VQA-v2 QA: an analysis question (one of the three v2 phrasings, per clip) in place of the "
+    "combined one, answered in mevqa's own wording (the official v2 answers' wording is not public)"
+)
 
 
 def _add_synth(data: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -128,6 +143,7 @@ def _add_synth(data: argparse._SubParsersAction, common: argparse.ArgumentParser
         "--test-fraction", type=float, default=0.25, help="share of subjects held out (default: 0.25)"
     )
     p.add_argument("--long", action="store_true", help="long videos (ME-STR / ME-LVQA) instead of clips")
+    p.add_argument("--v2", action="store_true", help=_V2_HELP)
     p.add_argument("--seconds", type=float, default=60.0, help="--long: length of each video (default: 60)")
     p.add_argument("--videos-per-subject", type=int, default=2, help="--long: videos each (default: 2)")
     p.add_argument(
@@ -162,6 +178,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument(
         "--fps", type=float, help="with --long: frame rate, for sheets without a micro/macro column"
     )
+    p.add_argument("--v2", action="store_true", help=_V2_HELP)
     p.set_defaults(func=cmd_convert)
 
     p = data.add_parser(

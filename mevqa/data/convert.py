@@ -150,6 +150,7 @@ def sheet_labels(path: str | Path, dataset: str) -> list[ClipLabel]:
     return labels
 
 
-def convert(path: str | Path, dataset: str, seed: int = 0) -> list[dict]:
-    """MEGC QA rows for every usable clip of the sheet (SMIC: the coarse question only)."""
-    return [row for lab in sheet_labels(path, dataset) for row in build_rows(lab, seed)]
+def convert(path: str | Path, dataset: str, seed: int = 0, v2: bool = False) -> list[dict]:
+    """MEGC QA rows for every usable clip of the sheet (SMIC: the coarse question only); `v2`: an
+    ME-VQA-v2 analysis question in mevqa's own answer wording in place of the combined one."""
+    return [row for lab in sheet_labels(path, dataset) for row in build_rows(lab, seed, v2)]

@@ -89,16 +89,23 @@ def is_test_rows(rows: list[dict]) -> bool:
     return bool(rows) and all("video_id" in r for r in rows)
 
 
-def submission_name(dataset: str) -> str:
-    return f"me_vqa_{dataset}_test_pred.jsonl"
+def submission_name(dataset: str, v2: bool = False) -> str:
+    return f"me_vqa_{dataset}{'_v2' if v2 else ''}_test_pred.jsonl"
+
+
+def is_v2_rows(rows: list[dict]) -> bool:
+    """ME-VQA-v2 rows: some question is a v2 analysis request. Read from the questions, not the file name,
+    so a renamed copy of a v2 test file still gets the `_v2` submission name."""
+    return any(classify(str(r.get("question", "")))[0] == "analysis" for r in rows)
 
 
 def write_submissions(rows: list[dict], answers: dict[str, str], out_dir: str | Path) -> list[Path]:
-    """One `me_vqa_<dataset>_test_pred.jsonl` per dataset: same rows, same order, `answer` filled."""
+    """One `me_vqa_<dataset>_test_pred.jsonl` per dataset (`me_vqa_<dataset>_v2_test_pred.jsonl` for
+    ME-VQA-v2 rows, see `is_v2_rows`): same rows, same order, `answer` filled."""
     by_ds: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_ds[row_dataset(r)].append({**r, "answer": answers.get(row_id(r), "")})
-    return [write_jsonl(Path(out_dir) / submission_name(ds), rs) for ds, rs in by_ds.items()]
+    return [write_jsonl(Path(out_dir) / submission_name(ds, is_v2_rows(rs)), rs) for ds, rs in by_ds.items()]
 
 
 # ---------------------------------------------------------------- clip resolution
@@ -154,7 +161,11 @@ AU_NAME_SET = set(AU_NAMES.values())
 
 
 def answer_in_label_set(qtype: str, answer: str) -> bool:
+    """Whether `answer` is a well-formed answer for `qtype`; a v2 analysis answer is any non-empty text
+    (its official wording is not public, so there is no form to hold it to)."""
     a = answer.strip().lower()
+    if qtype == "analysis":
+        return bool(a)
     if qtype in LABEL_SETS:
         return a in LABEL_SETS[qtype]
     if qtype == "au_list":
@@ -220,6 +231,9 @@ def label_stats(rows: list[dict]) -> dict[str, dict[str, Counter]]:
         elif qtype == "combined":
             m = COMBINED_RE.fullmatch(ans)
             labels = [m["fine"]] if m else ["(unparsed)"]
+        elif qtype == "analysis":  # free text: count the fine class where it is stated, as mevqa writes it
+            m = re.search(r"fine-grained expression class is ([a-z]+)", ans)
+            labels = [m[1]] if m else ["(free text)"]
         else:
             labels = [ans]
         for lab in labels:

@@ -1,7 +1,9 @@
 """One clip's labels -> the MEGC question/answer rows (all seven templates).
 
 Converters (real annotation sheets) and SynthME both go through `build_rows`, so a synthetic clip is
-asked exactly what a real one is.
+asked exactly what a real one is. With `v2=True` the combined question becomes a MEGC 2026 ME-VQA-v2
+analysis question whose answer is mevqa's own short paragraph (`prompts.analysis_answer`): the official
+v2 training answers' wording is not public.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from mevqa.errors import InputError
 from mevqa.facs import AU_NAMES, FINE_TO_COARSE
 from mevqa.prompts import (
+    Q_ANALYSIS,
     Q_AU_MANY,
     Q_AU_ONE,
     Q_COARSE,
@@ -21,6 +24,7 @@ from mevqa.prompts import (
     Q_FINE,
     Q_PRESENCE,
     Q_SIDE,
+    analysis_answer,
     combined_answer,
 )
 
@@ -85,8 +89,9 @@ def _au_list(aus: tuple[AU, ...]) -> str:
     return ", ".join(a.name for a in aus)
 
 
-def build_questions(label: ClipLabel, rng: random.Random) -> list[tuple[str, str]]:
-    """(question, answer) pairs in the order the MEGC files use."""
+def build_questions(label: ClipLabel, rng: random.Random, v2: bool = False) -> list[tuple[str, str]]:
+    """(question, answer) pairs in the order the MEGC files use; `v2`: an analysis question (one of the
+    three phrasings, drawn from `rng` after every other draw) in place of the combined one."""
     plural = len(label.aus) > 1
     if label.coarse_only:
         return [(Q_COARSE, label.coarse)]
@@ -101,16 +106,21 @@ def build_questions(label: ClipLabel, rng: random.Random) -> list[tuple[str, str
     qa.append((Q_PRESENCE.format(name=rng.choice(label.aus).name), "yes"))
     absent = [n for n in AU_NAMES if n not in present]
     qa.append((Q_PRESENCE.format(name=AU_NAMES[rng.choice(absent)]), "no"))
-    answer = combined_answer([a.name for a in label.aus], label.emotion, label.coarse)
+    names = [a.name for a in label.aus]
+    if v2:
+        qa.append((rng.choice(Q_ANALYSIS), analysis_answer(names, label.emotion, label.coarse)))
+        return qa
+    answer = combined_answer(names, label.emotion, label.coarse)
     qa.append((Q_COMBINED_MANY if plural else Q_COMBINED_ONE, answer))
     return qa
 
 
-def build_rows(label: ClipLabel, seed: int = 0) -> list[dict]:
-    """MEGC training rows for one clip; the 'no' AU is drawn from absent AUs with a per-clip seed."""
+def build_rows(label: ClipLabel, seed: int = 0, v2: bool = False) -> list[dict]:
+    """MEGC training rows for one clip; the 'no' AU (and with `v2` the analysis phrasing) is drawn with a
+    per-clip seed, so the same clip and seed always give the same rows."""
     rng = random.Random(f"{seed}:{label.dataset}:{label.image_id}")
     rows = []
-    for k, (q, a) in enumerate(build_questions(label, rng), start=1):
+    for k, (q, a) in enumerate(build_questions(label, rng, v2), start=1):
         row = {
             "id": f"{label.dataset}_{label.image_id}_{k}",
             "dataset": label.dataset,

@@ -324,8 +324,13 @@ def synthesize(
     seed: int = 0,
     video: bool = False,
     test_fraction: float = 0.25,
+    v2: bool = False,
 ) -> Path:
-    """Write a SynthME dataset to `out`; returns `out`. Same arguments -> identical files."""
+    """Write a SynthME dataset to `out`; returns `out`. Same arguments -> identical files.
+
+    `v2`: ME-VQA-v2 QA, an analysis question (mevqa's own answer wording, see `qa.build_rows`) in place
+    of the combined one; the frames and annotations.csv are the same either way.
+    """
     if subjects < 1 or clips_per_subject < 1 or size < 32 or fps <= 0 or not 0 <= test_fraction < 1:
         raise InputError(
             f"data synth — subjects={subjects}, clips_per_subject={clips_per_subject}, size={size}, "
@@ -347,7 +352,7 @@ def synthesize(
         if video:
             _write_video(out / "videos" / f"{name}.mp4", frames, fps)
         ann.append(_annotation(clip.label, name))
-        (test if subject in test_subjects else train).extend(build_rows(clip.label, seed))
+        (test if subject in test_subjects else train).extend(build_rows(clip.label, seed, v2))
     atomic_write(out / "annotations.csv", _csv(ann))
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "test.jsonl", test)

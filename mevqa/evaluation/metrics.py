@@ -107,6 +107,8 @@ def compute(items: list[tuple[dict, str | None]], label_set: str = "gt") -> dict
     out["au_f1"] = sum(set_f1(parse_aus(g), parse_aus(p)) for g, p in au) / len(au) if au else None
     out["au_presence_acc"] = accuracy(*labels("au_presence"))
     out["au_side_acc"] = accuracy(*labels("au_side"))
+    # BLEU / ROUGE-1 pool every question, the free-text ones (combined, v2 analysis) with the one-word ones;
+    # which answers the official v2 BLEU/ROUGE cover is not known (per_question_type gives them apart)
     refs, hyps = [str(g["answer"]) for g, _ in items], [p or "" for _, p in items]
     out["bleu"], out["rouge1"] = bleu(refs, hyps), rouge1(refs, hyps)
     parts = [out[k] for k in SCORE_PARTS if out[k] is not None]
