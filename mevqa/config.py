@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import re
+import reprlib
 import string
 import typing
 from dataclasses import dataclass, field
@@ -66,6 +67,18 @@ def hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# A bad value is shown in its error at most this long: a value built from YAML aliases can be billions of
+# elements once expanded, and a full repr of it would run until the machine gives up.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def show(value: Any) -> str:
+    """A short repr of `value` for an error message (cheap whatever its size)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _type_name(t: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
 
@@ -88,13 +101,13 @@ def _check(name: str, value: Any, t: Any, rules: typing.Mapping[str, Any]) -> No
         ok = isinstance(value, base)
     if not ok:
         want = "a list of strings" if origin is tuple else _type_name(base)
-        raise InputError(f"{name} = {value!r} — expected {want}")
+        raise InputError(f"{name} = {show(value)} — expected {want}")
     if "choices" in rules and value not in rules["choices"]:
-        raise InputError(f"{name} = {value!r} — choose one of {', '.join(map(str, rules['choices']))}")
+        raise InputError(f"{name} = {show(value)} — choose one of {', '.join(map(str, rules['choices']))}")
     if "min" in rules and value < rules["min"]:
-        raise InputError(f"{name} = {value!r} — must be at least {rules['min']}")
+        raise InputError(f"{name} = {show(value)} — must be at least {rules['min']}")
     if "above" in rules and value <= rules["above"]:
-        raise InputError(f"{name} = {value!r} — must be above {rules['above']}")
+        raise InputError(f"{name} = {show(value)} — must be above {rules['above']}")
     if rules.get("pattern") and value is not None:
         _check_pattern(name, value)
     if "requires" in rules:  # a spec whose field must be set here: a job needs ModelSpec.model
@@ -542,6 +555,12 @@ def from_dict(cls: type[T], values: Any, source: str = "config", path: str = "")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     if not isinstance(values, dict):
         values = {next(iter(fields)): values}
+    odd = [k for k in values if not isinstance(k, str)]  # YAML `1:` or `~:` keys are ints and None
+    if odd:
+        raise InputError(
+            f"{source}: key {path}{show(odd[0])} — keys are setting names; valid keys: "
+            f"{', '.join(path + n for n in fields)}"
+        )
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise InputError(
@@ -592,13 +611,49 @@ def expand(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# A settings file is a few levels deep and has tens of values; past these it is a mistake or an attack.
+YAML_MAX_DEPTH = 32
+YAML_MAX_NODES = 100_000  # counted with every alias expanded: "billion laughs" has 9**9 and more
+
+
+def _expanded(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int:
+    """How many nodes `node` stands for with every alias written out, counted over the shared graph (each
+    node once, so the count costs no more than the file); an alias cycle counts as too deep."""
+    if depth > YAML_MAX_DEPTH:
+        raise yaml.YAMLError(f"nested more than {YAML_MAX_DEPTH} levels deep (or an alias refers to itself)")
+    if id(node) not in memo:
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        memo[id(node)] = 1 + sum(_expanded(c, memo, depth + 1) for c in children)
+    if memo[id(node)] > YAML_MAX_NODES:
+        raise yaml.YAMLError(f"expands to more than {YAML_MAX_NODES} values (aliases of aliases?)")
+    return memo[id(node)]
+
+
+def safe_yaml(text: str) -> Any:
+    """`yaml.safe_load`, refusing a document too deep or too large once its aliases are expanded (before
+    any Python value is built from it): every error is a `yaml.YAMLError`."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded(node, {})
+        return loader.construct_document(node)
+    except RecursionError:  # the parser recurses once per level: `[[[[...` thousands deep
+        raise yaml.YAMLError(f"nested more than {YAML_MAX_DEPTH} levels deep") from None
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping is a user error."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} — config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_yaml(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise InputError(f"{path} — not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -77,3 +78,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# `.NAME.XXXXXXXX.tmp` (atomic_write) and `.NAME.XXXXXXXX` (atomic_dir): tempfile's 8 random characters
+TEMP_RE = re.compile(r"\..+\.[a-z0-9_]{8}(\.tmp)?")
+
+
+def is_temp(path: Path) -> bool:
+    """A temporary sibling of an atomic write (a kill mid-write leaves one; nothing may read it)."""
+    return TEMP_RE.fullmatch(path.name) is not None and (path.is_dir() != path.name.endswith(".tmp"))
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Remove what killed atomic writes left in `folder`. Only for a folder this process holds (a
+    `FolderLock`): another writer's temp file in flight would be lost."""
+    folder = Path(folder)
+    for p in folder.iterdir() if folder.is_dir() else []:
+        if is_temp(p) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif is_temp(p):
+            p.unlink(missing_ok=True)

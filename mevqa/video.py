@@ -24,6 +24,10 @@ from mevqa.errors import InputError
 
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 FRAME_EXTS = {".jpg", ".jpeg", ".png", ".bmp"}
+# The most pixels a frame may have: 4096x4096 (16.8 MP), the app's `UploadLimits.max_side` squared. Real ME
+# clips are at most ~2k x 1k; a header claiming more is a broken or hostile file, and decoding it first
+# (a few bytes of PNG can claim 30000x30000) would run the machine out of memory.
+MAX_PIXELS = 4096 * 4096
 
 
 # ---------------------------------------------------------------- pure index selectors
@@ -98,6 +102,7 @@ class Clip(ABC):
             raise InputError(
                 f"{path} — frames are {size[0]}x{size[1]} pixels; at least {self.MIN_SIDE} a side"
             )
+        _check_pixels(path, size)  # again after the first frame: a header OpenCV could not read
         self.path, self.num_frames, self.fps, self.size = path, num_frames, fps, size
 
     @abstractmethod
@@ -129,6 +134,7 @@ class VideoClip(Clip):
     def __init__(self, path: Path):
         import decord
 
+        _check_pixels(path, _video_header_size(path))
         try:
             with _quiet_native_stderr():
                 self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
@@ -176,10 +182,39 @@ class FolderClip(Clip):
         return [_read_image(self.files[i]) for i in indices]
 
 
+def _check_pixels(path: Path, size: tuple[int, int] | None) -> None:
+    """Refuse, from the header's size, a frame too large to decode (before anything is decoded)."""
+    if size and size[0] * size[1] > MAX_PIXELS:
+        raise InputError(
+            f"{path} — frames are {size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.1f} MP); "
+            f"mevqa decodes frames of at most {MAX_PIXELS / 1e6:.1f} MP (4096x4096)"
+        )
+
+
+def _video_header_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from the container header (OpenCV reads it without decoding frames; decord has no
+    such call). None when OpenCV cannot tell: decord then names what is wrong with the file."""
+    import cv2
+
+    with _quiet_native_stderr():
+        cap = cv2.VideoCapture(str(path))
+        try:
+            size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        finally:
+            cap.release()
+    return size if min(size) > 0 else None
+
+
 def _read_image(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only: the size is known before decoding
+            _check_pixels(path, im.size)
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError:  # PIL's own refusal at open, for headers above ~179 MP
+        raise InputError(
+            f"{path} — image header claims more than {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP; "
+            f"mevqa decodes frames of at most {MAX_PIXELS / 1e6:.1f} MP (4096x4096)"
+        ) from None
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"{path} — unreadable image ({_short(e)})") from None
 

@@ -70,6 +70,23 @@ def bad(tmp_path_factory, clips, tiny_qwen, tiny_idefics3, synthme):
         json.dumps({**row, "question": "é"}).encode().replace(b"\\u00e9", b"\xe9")
     )
     (d / "frames-str.yaml").write_text('frames: "8"\n')
+    from test_hostile_inputs import alias_bomb, bomb_png
+
+    bomb_png(d / "bomb" / "img1.png", 30000, 30000)  # PIL raises its DecompressionBombError at open
+    bomb_png(d / "bomb13k" / "img1.png", 13000, 13000)  # PIL only warns, and decoding takes 500 MB a frame
+    for name, text in {
+        "alias-bomb.yaml": alias_bomb(),
+        "int-key.yaml": "1: 2\n",
+        "null-key.yaml": "~: 2\n",
+        "int-key-nested.yaml": "frames: {1: 2}\n",
+        "deep.yaml": "[" * 100000 + "]" * 100000 + "\n",
+        "deep-map.yaml": "frames: " + "{a: " * 40 + "1" + "}" * 40 + "\n",
+    }.items():
+        (d / name).write_text(text)
+    (d / "run-parts").mkdir()
+    (d / "run-parts" / "predictions.rank0.jsonl").write_bytes(b'{"id": "a", "answer": "caf\xe9"}\n')
+    half = make_adapter(tiny_qwen, d / "half-lora")  # killed while saving: no mevqa.yaml, checkpoints
+    (half / "checkpoints" / "step-5").mkdir(parents=True)
     (d / "batch-x.yaml").write_text("batch_size: x\n")
     (d / "afile").write_text("")
     (d / "sheet.xlsx").write_text("not a spreadsheet")
@@ -154,6 +171,19 @@ def _cases(d, clips, tiny_qwen, synthme):
         (["score", "--pred", str(d / "dup.jsonl"), "--gold", test], "duplicate id"),
         (["score", "--pred", test, "--gold", str(d / "dup.jsonl")], "duplicate id"),
         (["eval", "--out", str(d / "run")], "data"),
+        (["ask", str(d / "bomb"), Q, "--model", str(tiny_qwen)], "bomb/img1.png"),
+        (["ask", str(d / "bomb13k"), Q, "--model", str(tiny_qwen)], "bomb13k/img1.png"),
+        ([*ev, "--config", str(d / "alias-bomb.yaml")], "alias-bomb.yaml"),
+        ([*ev, "--config", str(d / "int-key.yaml")], "key 1"),
+        ([*ev, "--config", str(d / "null-key.yaml")], "key None"),
+        ([*ev, "--config", str(d / "int-key-nested.yaml")], "key frames.1"),
+        ([*ev, "--config", str(d / "deep.yaml")], "nested more than"),
+        ([*ev, "--config", str(d / "deep-map.yaml")], "nested more than"),
+        ([*tr, "--config", str(d / "int-key.yaml")], "key 1"),
+        (["score", "--pred", str(d / "latin1.jsonl"), "--gold", test], "latin1.jsonl"),
+        (["score", "--pred", str(d / "run-parts" / "predictions.rank0.jsonl"), "--gold", test], "not UTF-8"),
+        ([*ask, "--adapter", str(d / "half-lora")], "incomplete adapter"),
+        ([*ev, "--adapter", str(d / "half-lora")], "incomplete adapter"),
         # transformers serve checks no key: "serving with a key" would be open to anyone
         (
             ["serve", "--model", str(tiny_qwen), "--engine", "transformers", "--api-key", "k", "--dry-run"],

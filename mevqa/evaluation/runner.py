@@ -34,9 +34,9 @@ from mevqa.errors import InputError, MevqaError
 from mevqa.evaluation.parse import ask_coarse, voted
 from mevqa.evaluation.report import write_outputs
 from mevqa.inputs import ClipParts
-from mevqa.io import disk_errors
+from mevqa.io import disk_errors, remove_stale_temps
 from mevqa.models.adapters import adapter_fingerprint
-from mevqa.models.loading import config_hash, pick_device, weights_fingerprint
+from mevqa.models.loading import config_hash, pick_device, processing_fingerprint, weights_fingerprint
 from mevqa.prompts import Message, prompt_fingerprint, render_question
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def settings(cfg: EvalConfig, backend: Backend) -> dict[str, Any]:
     """What determines an answer (not how fast it comes): the resume fingerprint is a hash of this.
 
     The model's and adapter's *weights* are in it (not only their configs), so rebuilding, retraining or
-    merging into the same folder never reuses the old model's answers.
+    merging into the same folder never reuses the old model's answers; so are the bytes of its processor,
+    tokenizer, chat-template and generation files (an edited template asks a different question).
     """
     m = cfg.model
     local = Path(m.model).exists()
@@ -60,6 +61,7 @@ def settings(cfg: EvalConfig, backend: Backend) -> dict[str, Any]:
         "model": m.model,
         "model_config_hash": config_hash(m.model, m.trust_remote_code) if local else None,
         "model_weights": weights_fingerprint(m.model) if local else None,
+        "model_processing": processing_fingerprint(m.model) if local else None,
         "adapter": m.adapter,
         "adapter_weights": adapter_fingerprint(m.adapter) if m.adapter else None,
         "load_in_4bit": m.load_in_4bit and {"quant_type": m.quant_type, "double_quant": m.double_quant},
@@ -94,15 +96,24 @@ def repair_tail(path: Path) -> None:
 
 
 def read_predictions(path: Path) -> list[dict]:
-    """Every complete row of a predictions file, in file order (later rows supersede earlier ones)."""
+    """Every complete row of a predictions file, in file order (later rows supersede earlier ones).
+
+    A line that is not JSON or not UTF-8 (a torn write, a file edited in another encoding) is skipped:
+    its question counts as unanswered and is asked again."""
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    rows, bad = [], 0
+    with disk_errors(path):
+        lines = path.read_bytes().splitlines()
+    for line in filter(bytes.strip, lines):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s: skipping an unreadable line", path)
+            rows.append(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            bad += 1
+    if bad:
+        log.warning(
+            "%s: skipping %d unreadable line(s) (not UTF-8 JSON); their questions are asked again", path, bad
+        )
     return [r for r in rows if isinstance(r, dict)]
 
 
@@ -133,9 +144,11 @@ class PredictionWriter:
 
 
 class FolderLock:
-    """One `mevqa eval` per output folder: a second one would interleave and compact the same file."""
+    """One `mevqa eval` (or `mevqa train`) per output folder: a second one would interleave and compact the
+    same file, or overwrite the other's adapter. Held, the folder is ours: temp files that a killed atomic
+    write left in it are removed."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, command: str = "mevqa eval"):
         with disk_errors(out):
             out.mkdir(parents=True, exist_ok=True)
             self._path = out / ".lock"
@@ -151,8 +164,9 @@ class FolderLock:
             ) from None
         self._f.seek(0)
         self._f.truncate()
-        self._f.write(f"mevqa eval, pid {os.getpid()} on {platform.node()}")
+        self._f.write(f"{command}, pid {os.getpid()} on {platform.node()}")
         self._f.flush()
+        remove_stale_temps(out)
 
     def release(self) -> None:
         """Unlocked and gone: a finished run leaves no lock file behind."""

@@ -182,7 +182,7 @@ def run_spot(job: SpotJob, paths: list[str]) -> dict[str, Any] | None:
     videos, gold = job_videos(job, paths)
     out = Path(job.out)
     shard = Shard.current("cpu")
-    lock = FolderLock(out) if shard.main else None
+    lock = FolderLock(out, "mevqa spot") if shard.main else None
     try:
         names = sorted(videos)
         for name in names[shard.rank :: shard.world]:

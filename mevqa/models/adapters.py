@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from transformers import AutoConfig
 
-from mevqa.config import ModelSpec
+from mevqa.config import ModelSpec, safe_yaml
 from mevqa.errors import InputError, ModelError
 from mevqa.io import atomic_dir
 from mevqa.models.loading import PICKLE_SUFFIXES, config_hash, hash_file, load_model, load_processor
@@ -33,10 +33,30 @@ def _read(path: Path, parse: Any) -> Any:
         raise InputError(f"{path} — unreadable ({str(e).splitlines()[0][:120]})") from None
 
 
+def train_traces(folder: str | Path) -> list[str]:
+    """What a `mevqa train` run leaves in its --out besides the adapter: its checkpoints, and the lock file
+    it holds while it runs (left behind when it was killed)."""
+    folder, found = Path(folder), []
+    if (folder / "checkpoints").is_dir():
+        found.append("checkpoints/")
+    lock = folder / ".lock"
+    if lock.is_file() and lock.read_text(encoding="utf-8", errors="replace").startswith("mevqa train"):
+        found.append(".lock")
+    return found
+
+
 def recipe(adapter: str | Path) -> dict:
-    """The adapter's mevqa.yaml (empty for adapters trained elsewhere)."""
+    """The adapter's mevqa.yaml (empty for adapters trained elsewhere).
+
+    `mevqa train` writes mevqa.yaml after the adapter's weights: a folder of a mevqa run with weights but no
+    mevqa.yaml was killed while saving them (half-written, and without its recorded settings or base)."""
     path = Path(adapter) / "mevqa.yaml"
-    data = _read(path, yaml.safe_load) if path.is_file() else {}
+    if not path.is_file() and (Path(adapter) / "adapter_config.json").is_file() and train_traces(adapter):
+        raise ModelError(
+            f"adapter {adapter} — incomplete adapter (its mevqa train run stopped before writing "
+            "mevqa.yaml); rerun mevqa train --resume with the same --out"
+        )
+    data = _read(path, safe_yaml) if path.is_file() else {}  # an alias bomb is refused, not expanded
     if not isinstance(data, dict | None):
         raise InputError(f"{path} — expected a mapping, got {type(data).__name__}")
     return data or {}

@@ -93,6 +93,34 @@ def weights_fingerprint(folder: str | Path) -> str | None:
     return h.hexdigest()[:16]
 
 
+# Files besides the weights that change an answer: how frames become pixels, how a question becomes tokens
+# (the chat template, the vocabulary) and how generation stops. All small (tokenizer.json is a few MB).
+PROCESSING_FILES = (
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
+
+
+def processing_fingerprint(folder: str | Path) -> str | None:
+    """A hash of the bytes of the model's processor, tokenizer, chat-template and generation files (absent
+    ones count as absent): an edited chat template must not reuse the answers of the old one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for name in PROCESSING_FILES:
+        if (folder / name).is_file():
+            h.update(f"{name}\0{hash_file(folder / name)}\0".encode())
+    return h.hexdigest()[:16]
+
+
 def refuse_pickle(folder: Path, what: str) -> None:
     """A folder whose weights are only pickle files is refused (loading a pickle can run its code)."""
     if not folder.is_dir() or any(folder.glob("*.safetensors")):

@@ -100,7 +100,7 @@ def run_fold(cfg: CVConfig, rows: list[dict], held: list[str], folder: Path) -> 
         _fold_data(rows, held, folder)
     shard.barrier()
     adapter = folder / "adapter"
-    if not (adapter / "adapter_config.json").exists():
+    if not (adapter / "mevqa.yaml").exists():  # written last: a fold killed while saving trains again
         resume = (adapter / "checkpoints").exists()
         train_cfg = dataclasses.replace(
             cfg,

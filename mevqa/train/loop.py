@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,10 @@ from mevqa.data.megc import read_jsonl, row_id
 from mevqa.errors import InputError
 from mevqa.evaluation.metrics import score_rows
 from mevqa.evaluation.report import plot_training, write_json
-from mevqa.evaluation.runner import answer_rows
+from mevqa.evaluation.runner import FolderLock, answer_rows
 from mevqa.inputs import ClipParts
-from mevqa.io import atomic_write
-from mevqa.models.adapters import base_id
+from mevqa.io import atomic_write, is_temp, remove_stale_temps
+from mevqa.models.adapters import base_id, train_traces
 from mevqa.models.loading import config_hash, load_processor, pick_device
 from mevqa.prompts import classify
 from mevqa.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -226,6 +227,9 @@ class Trainer:
         if not self.acc.is_main_process:
             return None
         cfg, out = self.cfg, self.out
+        # mevqa.yaml goes last, and an older one first: a kill while the weights are written leaves a
+        # folder without it, which readers refuse as incomplete (not new weights with old settings)
+        (out / "mevqa.yaml").unlink(missing_ok=True)
         self.unwrapped.save_pretrained(out)  # peft: adapter_config.json + adapter_model.safetensors
         if cfg.method == "full":
             self.processor.save_pretrained(out)
@@ -245,7 +249,31 @@ class Trainer:
         return metrics
 
 
+def check_out(cfg: TrainConfig) -> None:
+    """Refuse an --out that holds files a mevqa run did not write, unless --overwrite: a user's folder (or
+    another trainer's) has no mevqa.yaml, checkpoints or lock of ours, and `train` would overwrite its
+    README.md and metrics.json."""
+    out = Path(cfg.out)
+    if cfg.overwrite or not out.is_dir() or (out / "mevqa.yaml").is_file() or train_traces(out):
+        return
+    theirs = sorted(p.name for p in out.iterdir() if p.name != ".lock" and not is_temp(p))
+    if theirs:
+        raise InputError(
+            f"--out {out} — holds files mevqa train did not write ({', '.join(theirs[:3])}); choose an "
+            "empty or new folder, or pass --overwrite to write over them"
+        )
+
+
 def train(cfg: TrainConfig) -> dict | None:
     """Train, checkpoint, evaluate held-out data, and write the adapter folder; the metrics (None in the
-    other processes of a multi-process run)."""
-    return Trainer(cfg).run()
+    other processes of a multi-process run). One run per --out: a second one is refused while it runs."""
+    check_out(cfg)
+    # the launcher's rank (accelerate launch, torchrun): the main process holds the folder for them all
+    lock = FolderLock(Path(cfg.out), "mevqa train") if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        if lock:
+            remove_stale_temps(Path(cfg.out) / "checkpoints")
+        return Trainer(cfg).run()
+    finally:
+        if lock:
+            lock.release()
