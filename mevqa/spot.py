@@ -86,41 +86,51 @@ def analysis_step(video_fps: float, analysis_fps: float) -> int:
 def stream(
     clip: Clip, step: int, on_short: Callable[[int], None] | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, RGB frame) for every `step`-th frame, decoded in chunks, the next chunk decoding in a thread
-    while this one is analysed (the decoder releases the GIL: decode and flow share the two cores). A video
+    """(index, RGB frame) for every `step`-th frame, decoded in order by a thread up to two chunks ahead
+    (the decoder releases the GIL: decoding and the flow share the two cores), in bounded memory. A video
     whose header promised more frames than it holds ends at its last decodable frame (`on_short`)."""
-    from concurrent.futures import ThreadPoolExecutor
+    import queue
+    import threading
 
-    indices = list(range(0, clip.num_frames, step))
-    chunks = [indices[i : i + CHUNK] for i in range(0, len(indices), CHUNK)]
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_read, clip, chunks[0]) if chunks else None
-        for n, chunk in enumerate(chunks):
-            frames, short = pending.result()
-            pending = pool.submit(_read, clip, chunks[n + 1]) if n + 1 < len(chunks) and not short else None
-            yield from zip(chunk, frames)
-            if short:
-                if on_short:
-                    on_short(chunk[len(frames)] if len(frames) < len(chunk) else chunk[-1])
-                return
+    chunks: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-def _read(clip: Clip, chunk: list[int]) -> tuple[list[np.ndarray], bool]:
-    """A chunk's frames, and whether the video ended early inside it."""
-    try:
-        return clip.read(chunk), False
-    except InputError:
-        return _read_until_failure(clip, chunk), True
-
-
-def _read_until_failure(clip: Clip, chunk: list[int]) -> list[np.ndarray]:
-    out = []
-    for i in chunk:
+    def decode() -> None:
+        chunk: list = []
         try:
-            out += clip.read([i])
+            for item in clip.frames(step):
+                chunk.append(item)
+                if len(chunk) == CHUNK and not put(chunk):
+                    return
+                chunk = [] if len(chunk) == CHUNK else chunk
+            put(chunk) and put(None)
         except InputError:
-            break
-    return out
+            put(chunk) and put(_SHORT)
+
+    threading.Thread(target=decode, daemon=True).start()
+    last = -step
+    try:
+        while (chunk := chunks.get()) is not None:
+            if chunk is _SHORT:
+                if on_short:
+                    on_short(last + step)
+                return
+            last = chunk[-1][0] if chunk else last
+            yield from chunk
+    finally:
+        stop.set()
+
+
+_SHORT = object()  # the decoder's word that the video ended before its header said
 
 
 def _band_boxes(size: int) -> dict[str, tuple[int, int, int, int]]:
