@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import platform
 import re
 import shutil
 import tempfile
@@ -98,3 +100,34 @@ def remove_stale_temps(folder: str | Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         elif is_temp(p):
             p.unlink(missing_ok=True)
+
+
+class FolderLock:
+    """One `mevqa eval` (or `mevqa train`) per output folder: a second one would interleave and compact the
+    same file, or overwrite the other's adapter. Held, the folder is ours: temp files that a killed atomic
+    write left in it are removed."""
+
+    def __init__(self, out: Path, command: str = "mevqa eval"):
+        with disk_errors(out):
+            out.mkdir(parents=True, exist_ok=True)
+            self._path = out / ".lock"
+            self._f = self._path.open("a+")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.seek(0)
+            other = self._f.read().strip() or "another process"
+            self._f.close()
+            raise InputError(
+                f"--out {out} — in use by {other}; wait for it or choose another --out"
+            ) from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(f"{command}, pid {os.getpid()} on {platform.node()}")
+        self._f.flush()
+        remove_stale_temps(out)
+
+    def release(self) -> None:
+        """Unlocked and gone: a finished run leaves no lock file behind."""
+        self._path.unlink(missing_ok=True)
+        self._f.close()

@@ -257,7 +257,7 @@ def test_torn_last_line_is_repaired(synthme, tiny_qwen, tmp_path):
 
 
 def test_one_eval_per_out_folder(synthme, tiny_qwen, tmp_path):
-    from mevqa.evaluation.runner import FolderLock
+    from mevqa.io import FolderLock
 
     out = tmp_path / "run"
     lock = FolderLock(out)  # another eval holds the folder

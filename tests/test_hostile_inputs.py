@@ -18,7 +18,7 @@ from PIL import Image
 from mevqa.config import EvalConfig, from_dict, safe_yaml
 from mevqa.data.megc import read_jsonl, row_id
 from mevqa.errors import InputError, ModelError
-from mevqa.evaluation.runner import FolderLock
+from mevqa.io import FolderLock
 from mevqa.models.adapters import recipe
 from mevqa.models.loading import PROCESSING_FILES, processing_fingerprint
 from mevqa.video import open_clip

@@ -10,7 +10,6 @@ fingerprint; a rerun skips what is already answered with the same settings.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -34,7 +33,7 @@ from mevqa.errors import InputError, MevqaError
 from mevqa.evaluation.parse import ask_coarse, voted
 from mevqa.evaluation.report import write_outputs
 from mevqa.inputs import ClipParts
-from mevqa.io import disk_errors, remove_stale_temps
+from mevqa.io import FolderLock, disk_errors
 from mevqa.models.adapters import adapter_fingerprint
 from mevqa.models.loading import config_hash, pick_device, processing_fingerprint, weights_fingerprint
 from mevqa.prompts import Message, prompt_fingerprint, render_question
@@ -141,37 +140,6 @@ class PredictionWriter:
             self._f.close()
         except OSError:  # the flush of a full disk: the rows that made it are whole lines
             pass
-
-
-class FolderLock:
-    """One `mevqa eval` (or `mevqa train`) per output folder: a second one would interleave and compact the
-    same file, or overwrite the other's adapter. Held, the folder is ours: temp files that a killed atomic
-    write left in it are removed."""
-
-    def __init__(self, out: Path, command: str = "mevqa eval"):
-        with disk_errors(out):
-            out.mkdir(parents=True, exist_ok=True)
-            self._path = out / ".lock"
-            self._f = self._path.open("a+")
-        try:
-            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._f.seek(0)
-            other = self._f.read().strip() or "another process"
-            self._f.close()
-            raise InputError(
-                f"--out {out} — in use by {other}; wait for it or choose another --out"
-            ) from None
-        self._f.seek(0)
-        self._f.truncate()
-        self._f.write(f"{command}, pid {os.getpid()} on {platform.node()}")
-        self._f.flush()
-        remove_stale_temps(out)
-
-    def release(self) -> None:
-        """Unlocked and gone: a finished run leaves no lock file behind."""
-        self._path.unlink(missing_ok=True)
-        self._f.close()
 
 
 def prediction_row(row: dict, ans: Answer, fp: str) -> dict:

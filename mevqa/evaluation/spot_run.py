@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from mevqa.config import SpotConfig, SpotJob, to_dict
 from mevqa.data.longvideo import Interval, read_sheet, write_intervals
 from mevqa.errors import InputError
 from mevqa.evaluation.spotting import spotting_scores
-from mevqa.io import atomic_write, disk_errors
+from mevqa.io import FolderLock, atomic_write, disk_errors
 from mevqa.spot import Event, Signal, faceless_spans, intervals, motion_signal, smooth, spot_video, threshold
 from mevqa.video import FRAME_EXTS, VIDEO_EXTS, open_clip
 
@@ -177,21 +178,30 @@ def timeline_png(
 # ---------------------------------------------------------------- the job
 def run_spot(job: SpotJob, paths: list[str]) -> dict[str, Any] | None:
     """Spot every video (this process's share), then merge and score; None in non-main processes."""
-    from mevqa.evaluation.runner import FolderLock, Shard
-
     videos, gold = job_videos(job, paths)
     out = Path(job.out)
-    shard = Shard.current("cpu")
-    lock = FolderLock(out, "mevqa spot") if shard.main else None
+    rank, world, barrier = _processes()
+    lock = FolderLock(out, "mevqa spot") if rank == 0 else None
     try:
         names = sorted(videos)
-        for name in names[shard.rank :: shard.world]:
+        for name in names[rank::world]:
             _spot_if_needed(name, videos[name], job, gold.get(name), out)
-        shard.barrier()
-        return merge_outputs(job, videos, gold, out) if shard.main else None
+        barrier()
+        return merge_outputs(job, videos, gold, out) if rank == 0 else None
     finally:
         if lock:
             lock.release()
+
+
+def _processes() -> tuple[int, int, Any]:
+    """(rank, world, barrier) under `accelerate launch`; alone, no torch is imported at all (a spot run
+    stays a few hundred MB: eval's runner, with torch and transformers, is about 1 GB of memory)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return 0, 1, lambda: None
+    from mevqa.evaluation.runner import Shard
+
+    shard = Shard.current("cpu")
+    return shard.rank, shard.world, shard.barrier
 
 
 def _spot_if_needed(name: str, path: Path, job: SpotJob, gold: list[Interval] | None, out: Path) -> None:

@@ -30,9 +30,9 @@ from mevqa.data.megc import read_jsonl, row_id
 from mevqa.errors import InputError
 from mevqa.evaluation.metrics import score_rows
 from mevqa.evaluation.report import plot_training, write_json
-from mevqa.evaluation.runner import FolderLock, answer_rows
+from mevqa.evaluation.runner import answer_rows
 from mevqa.inputs import ClipParts
-from mevqa.io import atomic_write, is_temp, remove_stale_temps
+from mevqa.io import FolderLock, atomic_write, is_temp, remove_stale_temps
 from mevqa.models.adapters import base_id, train_traces
 from mevqa.models.loading import config_hash, load_processor, pick_device
 from mevqa.prompts import classify
