@@ -68,7 +68,7 @@ def build_inputs(out: Path) -> tuple[Path, Path]:
     model, data = out / "tiny-qwen2_5_vl", out / "synthme"
     if not (model / "config.json").exists():
         step(f"building a tiny Qwen2.5-VL (random weights, local tokenizer) in {model}")
-        mevqa("models", "tiny", "--family", "qwen2_5_vl", "--out", str(model))
+        mevqa("models", "tiny", "--family", "qwen2_5_vl", "--size", "demo", "--out", str(model))
     if not (data / "pretrain.jsonl").exists():
         step(f"making SynthME clips in {data} (12 subjects x 30 clips, 112 px, 200 fps)")
         mevqa(

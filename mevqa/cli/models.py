@@ -48,8 +48,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument(
         "--size",
         default="tiny",
-        choices=("tiny", "small"),
-        help="tiny (0.2M parameters, tests) or small (~100M, memory benchmarks)",
+        choices=("tiny", "demo", "small"),
+        help="tiny (0.2M parameters, tests), demo (tiny, 4 heads of 16) or small (~100M, memory benchmarks)",
     )
     p.set_defaults(func=cmd_tiny)
 

@@ -128,6 +128,16 @@ TEXT_SIZES = {
         num_key_value_heads=1,
         max_position_embeddings=4096,
     ),
+    # the demo's: the layout its recipes (adapters/recipes/tiny_synthme*.yaml) were tuned on, 4 heads of 16
+    # and 2 key/value heads; vLLM's CPU kernels refuse head size 16, and the demo never serves its model
+    "demo": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    ),
     # ~110M language-model parameters (~450 MB in fp32): large enough to measure what 4-bit loading saves
     "small": dict(
         hidden_size=768,
@@ -139,7 +149,7 @@ TEXT_SIZES = {
     ),
 }
 # Qwen2.5-VL's multimodal RoPE splits head_dim / 2 frequencies into (time, height, width) sections
-MROPE = {"tiny": [4, 6, 6], "small": [8, 12, 12]}
+MROPE = {"tiny": [4, 6, 6], "demo": [2, 3, 3], "small": [8, 12, 12]}
 
 
 def _qwen_parts(size: str) -> tuple[object, object, int]:
