@@ -119,25 +119,20 @@ def train_tokenizer(special: list[str], vocab_size: int = 1200) -> Tokenizer:
 # The language model of every tiny family: small enough for a 2-core CPU, large enough to learn SynthME.
 # Head size 32 (64 / 2 heads): vLLM's CPU attention kernels take head sizes 32, 64, 80, 96, 112, 128, ...
 # and refuse 16, so the tiny model must have 32 to be served by a real vLLM in the tests.
+_TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=4096,
+)
 TEXT_SIZES = {
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=4096,
-    ),
-    # the demo's: the layout its recipes (adapters/recipes/tiny_synthme*.yaml) were tuned on, 4 heads of 16
-    # and 2 key/value heads; vLLM's CPU kernels refuse head size 16, and the demo never serves its model
-    "demo": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-    ),
+    "tiny": _TINY,
+    # the demo's: the tiny model in the layout its recipes (adapters/recipes/tiny_synthme*.yaml) were tuned
+    # on, 4 heads of 16 and 2 key/value heads; vLLM's CPU kernels refuse head size 16, and the demo never
+    # serves its model
+    "demo": {**_TINY, "num_attention_heads": 4, "num_key_value_heads": 2},
     # ~110M language-model parameters (~450 MB in fp32): large enough to measure what 4-bit loading saves
     "small": dict(
         hidden_size=768,
