@@ -344,6 +344,11 @@ def smooth(x: np.ndarray, width: int) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1e-9), np.nan)
 
 
+def smoothed(sig: Signal, cfg: SpotConfig) -> np.ndarray:
+    """The signal the peaks are found in (and the CSV and the timeline show): motion over `cfg.smooth` s."""
+    return smooth(sig.motion, max(1, round(cfg.smooth * sig.fps)))
+
+
 def threshold(x: np.ndarray, t: float) -> tuple[float, float, float]:
     """(median, robust sigma, threshold) of a signal: median + t x 1.4826 x MAD."""
     v = x[~np.isnan(x)]
@@ -372,7 +377,7 @@ def peaks(
 
 def intervals(sig: Signal, cfg: SpotConfig) -> list[Event]:
     """The signal's peaks as events in the video's frame numbers, merged where they overlap."""
-    x = smooth(sig.motion, max(1, round(cfg.smooth * sig.fps)))
+    x = smoothed(sig, cfg)
     med, sigma, level = threshold(x, cfg.threshold)
     found, left, right = peaks(x, level, level - med, sig.k)
     spans = [[lo, p, hi, float((x[p] - med) / sigma)] for p, lo, hi in zip(found, left, right)]

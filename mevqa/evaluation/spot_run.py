@@ -29,7 +29,16 @@ from mevqa.data.longvideo import Interval, read_sheet, write_intervals
 from mevqa.errors import InputError
 from mevqa.evaluation.spotting import spotting_scores
 from mevqa.io import FolderLock, atomic_write, disk_errors
-from mevqa.spot import Event, Signal, faceless_spans, intervals, motion_signal, smooth, spot_video, threshold
+from mevqa.spot import (
+    Event,
+    Signal,
+    faceless_spans,
+    intervals,
+    motion_signal,
+    smoothed,
+    spot_video,
+    threshold,
+)
 from mevqa.video import FRAME_EXTS, VIDEO_EXTS, open_clip
 
 log = logging.getLogger(__name__)
@@ -118,7 +127,7 @@ def event_label(n: int, e: Event, fps: float) -> str:
 def signal_csv(sig: Signal, cfg: SpotConfig) -> str:
     from mevqa.spot import MEASURED
 
-    x = smooth(sig.motion, max(1, round(cfg.smooth * sig.fps)))
+    x = smoothed(sig, cfg)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["frame", "motion", "smoothed", "faceless", *MEASURED])
@@ -142,7 +151,7 @@ def timeline_png(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = smooth(sig.motion, max(1, round(cfg.smooth * sig.fps)))
+    x = smoothed(sig, cfg)
     _, _, level = threshold(x, cfg.threshold)
     t = sig.frames / sig.video_fps
     fig, ax = plt.subplots(figsize=(12, 3.2), dpi=100)
