@@ -40,7 +40,7 @@ SIGNAL_REGIONS = ("brow_l", "brow_r", "nose", "mouth_l", "mouth_r")
 # measured too, never the signal: an event whose eyes moved far more than the rest is a blink
 MEASURED = (*SIGNAL_REGIONS, "eye_l", "eye_r")
 REFERENCE = "nose_bridge"
-CHUNK = 64  # frames decoded at a time
+CHUNK = 16  # frames decoded at a time
 STABLE = [36, 39, 42, 45, 30, 31, 33, 35]  # eye corners and nose: what the head moves, not an expression
 TEXTURED = 90  # percentile of the image gradient above which a region's pixels are measured
 
@@ -115,6 +115,8 @@ def stream(
             put(chunk) and put(None)
         except InputError:
             put(chunk) and put(_SHORT)
+        except BaseException as e:  # anything else: raised in the reader, never a reader waiting forever
+            put(e)
 
     threading.Thread(target=decode, daemon=True).start()
     last = -step
@@ -124,6 +126,8 @@ def stream(
                 if on_short:
                     on_short(last + step)
                 return
+            if isinstance(chunk, BaseException):
+                raise chunk
             last = chunk[-1][0] if chunk else last
             yield from chunk
     finally:
@@ -469,6 +473,10 @@ def spot_video(
     path: str, cfg: SpotConfig, fps: float | None = None, folder_fps: float = 200.0, progress: bool = False
 ) -> tuple[list[Event], Signal]:
     """Open one video (file or frame folder), measure its signal and spot its events."""
+    if cfg.face.mode == "crop":
+        from mevqa.face import load_models
+
+        load_models()  # before the first frame is decoded (see its docstring: 465 MB -> 88)
     clip = open_clip(path, folder_fps)
     if clip.num_frames < 2:
         raise InputError(f"{path} — {clip.num_frames} frame; spotting needs a video of at least 2 frames")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -144,30 +145,39 @@ class VideoClip(Clip):
             with _quiet_native_stderr():
                 self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
                 n = len(self._vr)
-                first = self._vr[0].asnumpy() if n else None
         except Exception as e:  # decord raises its own DECORDError/RuntimeError for any bad container
             raise InputError(
                 f"{path} — cannot decode video ({_short(e)}); is it a complete video file?"
             ) from None
+        # the first frame (its size, and proof the stream decodes) from OpenCV: a frame decoded by decord
+        # sets its decoding thread running ahead (~400 MB of a 640x480 video within 3 s, see `frames`)
+        first = _first_frame(path) if n else None
         if not n or first is None:
             raise InputError(f"{path} — video has no frames")
         fps = float(self._vr.get_avg_fps() or 0) or 25.0
         super().__init__(path, n, fps, (first.shape[1], first.shape[0]))
 
     def frames(self, step: int = 1) -> Iterator[tuple[int, np.ndarray]]:
-        """Every `step`-th frame in order, decoded sequentially (decord's `next`): flat memory however long
-        the video (`get_batch` over a long video grew 112 MB -> 1.5 GB in 7200 frames here)."""
-        self._vr.seek(0)
-        for i in range(self.num_frames):
-            try:
-                with _quiet_native_stderr():
-                    if i % step:
-                        self._vr.skip_frames(1)
-                        continue
-                    frame = self._vr.next().asnumpy()
-            except Exception as e:  # the header promised more frames than the file holds
-                raise InputError(f"{self.path} — frame {i} cannot be decoded ({_short(e)})") from None
-            yield i, frame
+        """Every `step`-th frame in order, decoded one at a time on demand by OpenCV's FFmpeg reader.
+
+        Not decord here: its decoding thread runs ahead of a slow reader and keeps what it decoded
+        (dmlc/decord#157, #208, #304) — 310 MB within the first 100 frames of a 640x480 video while the
+        face stage worked, more the longer the video (and `get_batch` over a long video grew 112 MB ->
+        1.5 GB). OpenCV decodes only when asked and `grab()` skips a frame without converting it.
+        Frame i is decord's frame i (same FFmpeg decode, the frame count from decord's header)."""
+        cap = _opencv(self.path)
+        try:
+            for i in range(self.num_frames):
+                if not cap.grab():
+                    # the header promised more frames than the file holds
+                    raise InputError(f"{self.path} — frame {i} cannot be decoded (the file ends early)")
+                if i % step == 0:
+                    ok, bgr = cap.retrieve()
+                    if not ok:
+                        raise InputError(f"{self.path} — frame {i} cannot be decoded")
+                    yield i, np.ascontiguousarray(bgr[:, :, ::-1])
+        finally:
+            cap.release()
 
     def read(self, indices: list[int]) -> list[np.ndarray]:
         try:
@@ -179,6 +189,24 @@ class VideoClip(Clip):
                 "the file may be truncated"
             ) from None
         return list(batch)
+
+
+def _opencv(path: Path) -> Any:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)  # decord does not rotate: frame i must be decord's frame i
+    return cap
+
+
+def _first_frame(path: Path) -> np.ndarray | None:
+    cap = _opencv(path)
+    try:
+        with _quiet_native_stderr():
+            ok, bgr = cap.read()
+        return np.ascontiguousarray(bgr[:, :, ::-1]) if ok else None
+    finally:
+        cap.release()
 
 
 class FolderClip(Clip):

@@ -73,3 +73,17 @@ def test_a_flat_or_faceless_signal_spots_nothing_and_nth_event_says_how_many():
 
     with pytest.raises(InputError, match="event 3 asked for, but 0 were spotted"):
         nth_event([], 3, "v.mp4")
+
+
+def test_a_reader_failure_reaches_the_caller_instead_of_hanging_it():
+    """The decoding thread's own error (a bug, a codec crash) is raised in the consumer: before, the
+    reader thread died and `mevqa spot` waited on its queue forever."""
+    from mevqa.spot import stream
+
+    class Broken:
+        def frames(self, step):
+            yield 0, np.zeros((4, 4, 3), np.uint8)
+            raise RuntimeError("codec fell over")
+
+    with pytest.raises(RuntimeError, match="codec fell over"):
+        list(stream(Broken(), 1))
