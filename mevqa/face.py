@@ -68,12 +68,7 @@ Box = tuple[float, float, float, float]
 
 @functools.cache
 def load_models() -> tuple[Any, Any]:
-    """dlib's HOG detector and 68-point shape predictor, loaded once per process.
-
-    Load them before the first video frame is decoded: the 68-point model, deserialised after decord has
-    decoded a frame, holds 465 MB of the process instead of 88 (measured here; what decord's decoding
-    leaves the allocator in), and that was most of `mevqa spot`'s peak memory.
-    """
+    """dlib's HOG detector and 68-point shape predictor (about 75 MB), loaded once per process."""
     try:
         import dlib
     except ImportError as e:

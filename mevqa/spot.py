@@ -473,10 +473,6 @@ def spot_video(
     path: str, cfg: SpotConfig, fps: float | None = None, folder_fps: float = 200.0, progress: bool = False
 ) -> tuple[list[Event], Signal]:
     """Open one video (file or frame folder), measure its signal and spot its events."""
-    if cfg.face.mode == "crop":
-        from mevqa.face import load_models
-
-        load_models()  # before the first frame is decoded (see its docstring: 465 MB -> 88)
     clip = open_clip(path, folder_fps)
     if clip.num_frames < 2:
         raise InputError(f"{path} — {clip.num_frames} frame; spotting needs a video of at least 2 frames")
