@@ -336,3 +336,27 @@ def test_chat_answers_event_questions_through_the_spotter(spotted, long_videos, 
     e = expected[1]
     assert f"event 2 is frames {e['onset']}–{e['offset']}" in out and "coarse" in out
     assert chat.history == []  # neither went to the plain chat
+
+
+def test_public_lvqa_file_over_stand_in_videos_writes_a_submission_that_validates(
+    long_videos, tiny_qwen, tmp_path, megc_dir
+):
+    """The public SAMM ME-LVQA test file, its 10 videos stood in for by a SynthME long video under their
+    names: the submission file is named like the test file, has every row, and `data validate` passes."""
+    public = megc_dir / "2026" / "me_lvqa_samm_test_to_answer.jsonl"
+    root = tmp_path / "standins"
+    root.mkdir()
+    for v in sorted({r["video"] for r in read_jsonl(public)}):
+        (root / f"{v}.mp4").symlink_to(long_videos / "videos" / "s01_v01.mp4")
+    out = tmp_path / "run"
+    r = cli("eval", "--task", "lvqa", "--data", public, "--root", root, "--model", tiny_qwen, "--face", "none",
+            "--frames", "2", "--max-new-tokens", "6", "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sub = out / "me_lvqa_samm_test_pred.jsonl"
+    assert [x["video_id"] for x in read_jsonl(sub)] == [x["video_id"] for x in read_jsonl(public)]
+    r = cli("data", "validate", sub)
+    assert r.returncode == 0 and "valid" in r.stdout, r.stdout + r.stderr
+    bad = tmp_path / "bad_pred.jsonl"
+    bad.write_text(json.dumps({**read_jsonl(sub)[0], "answer": "three"}) + "\n")
+    r = cli("data", "validate", bad)
+    assert r.returncode == 2 and "'three'" in r.stdout, r.stdout

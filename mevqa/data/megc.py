@@ -168,8 +168,12 @@ def answer_in_label_set(qtype: str, answer: str) -> bool:
         return bool(a)
     if qtype in LABEL_SETS:
         return a in LABEL_SETS[qtype]
-    if qtype == "au_list":
+    if qtype in ("au_list", "lvqa_aus"):  # ME-LVQA's AU inventory is a list of AU names too
         return all(x.strip() in AU_NAME_SET for x in a.split(","))
+    if qtype.startswith("lvqa_count"):
+        return a.isdigit()
+    if qtype == "lvqa_type":
+        return a in ("micro-expression", "macro-expression")
     if qtype == "combined":
         m = COMBINED_RE.fullmatch(a)
         return (
