@@ -349,8 +349,8 @@ def test_public_lvqa_file_over_stand_in_videos_writes_a_submission_that_validate
     for v in sorted({r["video"] for r in read_jsonl(public)}):
         (root / f"{v}.mp4").symlink_to(long_videos / "videos" / "s01_v01.mp4")
     out = tmp_path / "run"
-    r = cli("eval", "--task", "lvqa", "--data", public, "--root", root, "--model", tiny_qwen, "--face", "none",
-            "--frames", "2", "--max-new-tokens", "6", "--out", out)  # fmt: skip
+    args = ["--task", "lvqa", "--data", public, "--root", root, "--model", tiny_qwen, "--face", "none"]
+    r = cli("eval", *args, "--frames", "2", "--max-new-tokens", "6", "--out", out)
     assert r.returncode == 0, r.stderr
     sub = out / "me_lvqa_samm_test_pred.jsonl"
     assert [x["video_id"] for x in read_jsonl(sub)] == [x["video_id"] for x in read_jsonl(public)]
