@@ -24,8 +24,10 @@ $(VLLM_VENV)/.installed: scripts/vllm-env.sh pyproject.toml
 
 vllm: $(VLLM_VENV)/.installed
 
+# `make demo FAMILY=qwen3_vl`: the same demo on another tiny base (mevqa/models/families.py)
+FAMILY ?= qwen2_5_vl
 demo: $(VENV)/.installed
-	$(PY) -m mevqa.demo --out $(DEMO)
+	$(PY) -m mevqa.demo --out $(DEMO) --family $(FAMILY) $(if $(STEPS),--max-steps $(STEPS))
 
 test: $(VENV)/.installed $(VLLM_VENV)/.installed
 	$(PY) -m ruff check --output-format concise mevqa tests app.py

@@ -1,10 +1,10 @@
 """`mevqa bench gpu`: the GPU numbers, from one command that needs no editing when a GPU appears.
 
-It builds Qwen2.5-VL-3B or -7B from their published config values with random weights (bf16, nothing
-downloaded) and measures on the MEGC shape (a clip's 8 frames of 224 px, five questions per clip):
-eval questions/s and prefill MFU by batch size, decode tokens/s, a LoRA r16 training step (samples/s,
-MFU, peak memory) and QLoRA (nf4) peak memory at batch 4. `--shape tiny` runs every path on a CPU (the
-tests do); its MFU is None (no peak to compare with).
+It builds a published 3-8B shape (Qwen2.5-VL-3B/7B, Qwen3-VL-4B/8B, Qwen3.5-4B: `families.SHAPES`) from
+its config values with random weights (bf16, nothing downloaded) and measures on the MEGC shape (a clip's
+8 frames of 224 px, five questions per clip): eval questions/s and prefill MFU by batch size, decode
+tokens/s, a LoRA r16 training step (samples/s, MFU, peak memory) and QLoRA (nf4) peak memory at batch 4.
+`--shape tiny` runs every path on a CPU (the tests do); its MFU is None (no peak to compare with).
 
 FLOPs counted (the usual model-FLOPs convention, dense matmuls only): a forward pass over T language tokens
 costs 2 * P_lm * T, plus 2 * P_vision * V for V vision patches; a training step costs 3x its forward
@@ -32,43 +32,12 @@ from mevqa.data.synth import synthesize
 from mevqa.errors import InputError
 from mevqa.evaluation.runner import Answerer, answer_rows, batches_of
 from mevqa.io import atomic_write
+from mevqa.models import families
+from mevqa.models.families import SHAPES
 from mevqa.models.loading import load_processor
 from mevqa.models.tiny import build_tiny
 from mevqa.train.loop import Trainer
 
-# Published config values (Qwen/Qwen2.5-VL-{3B,7B}-Instruct config.json); the vision tower is shared.
-VISION = dict(
-    depth=32,
-    hidden_size=1280,
-    intermediate_size=3420,
-    num_heads=16,
-    patch_size=14,
-    spatial_merge_size=2,
-    window_size=112,
-    fullatt_block_indexes=[7, 15, 23, 31],
-    tokens_per_second=2,
-    temporal_patch_size=2,
-)
-SHAPES: dict[str, dict[str, Any]] = {
-    "qwen2_5_vl_7b": dict(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        mrope=[16, 24, 24],
-    ),
-    "qwen2_5_vl_3b": dict(
-        hidden_size=2048,
-        intermediate_size=11008,
-        num_hidden_layers=36,
-        num_attention_heads=16,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        mrope=[16, 24, 24],
-    ),
-}
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1}  # dense, no sparsity
 
 
@@ -79,29 +48,36 @@ def peak_tflops() -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def build_shape(shape: str, work: Path) -> Path:
-    """A checkpoint folder of `shape`: real architecture and processor (224 px frames), random weights."""
-    tiny = build_tiny("qwen2_5_vl", work / "tiny")
-    if shape == "tiny":
-        return tiny
+def shape_config(shape: str, work: Path) -> Any:
+    """The config of `shape`: its family's tiny checkpoint (tokenizer ids, processor) with the published
+    text and vision values (families.py) in place of the tiny ones."""
     if shape not in SHAPES:
         raise InputError(f"--shape {shape!r} — choose one of tiny, {', '.join(SHAPES)}")
-    s = dict(SHAPES[shape])
-    mrope = s.pop("mrope")
-    config = AutoConfig.from_pretrained(tiny)
-    text = {
-        **config.text_config.to_dict(),
-        **s,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
-    }
+    family, values = SHAPES[shape]
+    config = AutoConfig.from_pretrained(build_tiny(family.name, work / f"tiny-{family.name}"))
+    text = {**config.text_config.to_dict(), **values["text"]}
+    if len(text.get("layer_types") or ()) != text["num_hidden_layers"]:
+        text.pop("layer_types", None)  # the tiny layer pattern; the config recomputes the published one
     config.text_config = type(config.text_config)(**text)
-    config.vision_config = type(config.vision_config)(**{**VISION, "out_hidden_size": s["hidden_size"]})
+    vision = {**config.vision_config.to_dict(), **values["vision"], "out_hidden_size": text["hidden_size"]}
+    config.vision_config = type(config.vision_config)(**vision)
+    for k, v in values.get("top", {}).items():
+        setattr(config, k, v)
+    return config
+
+
+def build_shape(shape: str, work: Path) -> Path:
+    """A checkpoint folder of `shape`: real architecture and processor (224 px frames), random weights."""
+    if shape == "tiny":
+        return build_tiny("qwen2_5_vl", work / "tiny")
+    config = shape_config(shape, work)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
     out = work / shape
     model.save_pretrained(out)
-    proc = load_processor(str(tiny))
-    proc.image_processor.max_pixels = proc.image_processor.min_pixels = 224 * 224  # 64 tokens per frame
+    proc = load_processor(str(work / f"tiny-{SHAPES[shape][0].name}"))
+    # 224 px frames: 64 tokens per frame (14 px patches), 49 (16 px patches)
+    proc.image_processor.max_pixels = proc.image_processor.min_pixels = 224 * 224
     proc.save_pretrained(out)
     del model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -110,7 +86,9 @@ def build_shape(shape: str, work: Path) -> Path:
 
 def params(model: torch.nn.Module) -> tuple[int, int]:
     """(language-model parameters, vision-tower parameters)."""
-    vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}")
+    family = families.for_model_type(model.config.model_type)
+    tower = [f".{m}." for m in (family.vision_modules if family else ())]  # also under a PEFT wrapper
+    vision = sum(p.numel() for n, p in model.named_parameters() if any(t in f".{n}" for t in tower))
     return sum(p.numel() for p in model.parameters()) - vision, vision
 
 

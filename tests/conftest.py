@@ -11,8 +11,10 @@ import contextlib  # noqa: E402
 import io  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -59,19 +61,45 @@ def write_folder(path: Path, frames: list[np.ndarray]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen(tmp_path_factory) -> Path:
-    return build_tiny("qwen2_5_vl", tmp_path_factory.mktemp("models") / "tiny-qwen2_5_vl", seed=0)
+def tiny_of(tmp_path_factory) -> Callable[[str], Path]:
+    """`tiny_of(family)`: the family's tiny checkpoint, built once per session on first use."""
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_tiny(family, tmp_path_factory.mktemp("models") / f"tiny-{family}", seed=0)
+        return built[family]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def qwen(tiny_qwen):
+def backend_of(tiny_of) -> Callable[[str], Any]:
+    """`backend_of(family)`: its tiny checkpoint loaded once per session (for tests that do not mutate it)."""
+    loaded: dict[str, Any] = {}
+
+    def get(family: str) -> Any:
+        if family not in loaded:
+            loaded[family] = load_backend(ModelSpec(str(tiny_of(family)), device="cpu"))
+        return loaded[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tiny_of) -> Path:
+    return tiny_of("qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def qwen(backend_of):
     """The tiny Qwen2.5-VL loaded once for the session (tests that do not mutate it)."""
-    return load_backend(ModelSpec(str(tiny_qwen), device="cpu"))
+    return backend_of("qwen2_5_vl")
 
 
 @pytest.fixture(scope="session")
-def tiny_idefics3(tmp_path_factory) -> Path:
-    return build_tiny("idefics3", tmp_path_factory.mktemp("models") / "tiny-idefics3", seed=0)
+def tiny_idefics3(tiny_of) -> Path:
+    return tiny_of("idefics3")
 
 
 @pytest.fixture(scope="session")

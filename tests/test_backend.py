@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mevqa.backends.base import Backend, VQARequest, load_backend
 from mevqa.config import FrameConfig, GenConfig, ModelSpec, ServerSpec
 from mevqa.errors import InputError, ModelError
 from mevqa.inputs import question_message
+from mevqa.models.families import FAMILIES, FAMILY_TABLE
 from mevqa.prompts import Message, VideoPart, to_hf, to_openai
 from mevqa.video import sample
 
@@ -15,8 +17,12 @@ Q = "What is the coarse expression class?"
 
 
 @pytest.fixture(scope="module")
-def idefics(tiny_idefics3):
-    return load_backend(ModelSpec(str(tiny_idefics3)))
+def idefics(backend_of):
+    return backend_of("idefics3")
+
+
+# every family in the table, once per input mode it takes
+FAMILY_MODES = [(f.name, m) for f in FAMILY_TABLE.values() for m in ("frames", "video")[: 1 + f.video]]
 
 
 def _ask(backend, clip_path, cfg, questions=(Q,), one_by_one=False):
@@ -87,44 +93,49 @@ def test_unknown_backend_and_misplaced_settings(tiny_qwen):
         load_backend(ModelSpec(str(tiny_qwen)), ServerSpec(base_url=("http://127.0.0.1:9/v1",)))
 
 
-@pytest.mark.parametrize("family,mode", [("qwen", "frames"), ("qwen", "video"), ("idefics", "frames")])
-def test_shared_prefix_gives_the_same_answers(qwen, idefics, clips, family, mode):
-    """A clip's questions prefilled once (shared images + KV cache) answer exactly as when asked apart."""
+@pytest.mark.parametrize("family,mode", FAMILY_MODES)
+def test_shared_prefix_gives_the_same_answers(backend_of, clips, family, mode):
+    """A clip's questions prefilled once (shared images + KV cache) answer exactly as when asked apart;
+    a family whose cache cannot be shared (recurrent layers) answers them by the plain batched path."""
     from mevqa.inputs import visual_parts
     from mevqa.prompts import TEMPLATE_EXAMPLES
 
-    backend = qwen if family == "qwen" else idefics
+    backend = backend_of(family)
     cfg = FrameConfig(frames=4, input=mode)
     parts = visual_parts(sample(clips["mp4"], cfg), cfg)
     reqs = [VQARequest(str(i), (Message.user(*parts, q),)) for i, q in enumerate(TEMPLATE_EXAMPLES[:5])]
     gen = GenConfig(max_new_tokens=12)
-    calls = []
+    pixels = []  # the pixel values the vision tower encoded, call by call
 
     def count_vision(module, args, kwargs):
-        calls.append(kwargs.get("pixel_values") is not None or kwargs.get("pixel_values_videos") is not None)
+        pixels.append(next(t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)).numel())
 
-    hook = backend.model.register_forward_pre_hook(count_vision, with_kwargs=True)
+    tower = backend.model.get_submodule(FAMILY_TABLE[family].vision_modules[0])
+    hook = tower.register_forward_pre_hook(count_vision, with_kwargs=True)
     try:
+        backend.generate(reqs[:1], gen)
+        one_clip, pixels[:] = sum(pixels), []
         backend.share_prefix = True
         shared = [a.text for a in backend.generate(reqs, gen)]
-        vision_runs = sum(calls)
+        vision_pixels = sum(pixels)
         backend.share_prefix = False
         plain = [a.text for a in backend.generate(reqs, gen)]
     finally:
         backend.share_prefix = True
         hook.remove()
     assert shared == plain
-    assert vision_runs == 1  # the images went through the model once for all five questions
+    # the images went through the tower once for all five questions (unshared: once per question)
+    assert vision_pixels == one_clip * (1 if FAMILY_TABLE[family].shared_prefix else len(reqs))
 
 
-@pytest.mark.parametrize("family", ["qwen", "idefics"])
-def test_several_clips_in_one_batch_answer_as_apart(qwen, idefics, clips, synthme, family):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_several_clips_in_one_batch_answer_as_apart(backend_of, clips, synthme, family):
     """Clips of different prefix lengths (4, 6 and 3 frames) batched together: each clip's images go
     through the model once, and every answer equals the one asked alone."""
     from mevqa.inputs import visual_parts
     from mevqa.prompts import TEMPLATE_EXAMPLES
 
-    backend = qwen if family == "qwen" else idefics
+    backend = backend_of(family)
     sources = [(clips["mp4"], 4), (clips["folder"], 6), (sorted((synthme / "frames").iterdir())[0], 3)]
     reqs = []
     for c, (path, n) in enumerate(sources):
@@ -135,9 +146,8 @@ def test_several_clips_in_one_batch_answer_as_apart(qwen, idefics, clips, synthm
         ]
     gen = GenConfig(max_new_tokens=10)
     calls = []
-    hook = backend.model.register_forward_pre_hook(
-        lambda m, a, kw: calls.append(kw.get("pixel_values") is not None), with_kwargs=True
-    )
+    tower = backend.model.get_submodule(FAMILY_TABLE[family].vision_modules[0])
+    hook = tower.register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
         together = [a.text for a in backend.generate(reqs, gen)]
         vision_runs = sum(calls)
@@ -145,4 +155,5 @@ def test_several_clips_in_one_batch_answer_as_apart(qwen, idefics, clips, synthm
     finally:
         hook.remove()
     assert together == apart and all(together)
-    assert vision_runs == 3  # once per clip, for nine questions
+    # once per clip for nine questions; unshared, the batch's one plain call sees all the images at once
+    assert vision_runs == (3 if FAMILY_TABLE[family].shared_prefix else 1)

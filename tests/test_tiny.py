@@ -8,10 +8,11 @@ import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mevqa.errors import InputError
-from mevqa.models.tiny import build_tiny
+from mevqa.models.families import FAMILIES, get
+from mevqa.models.tiny import TEXT_SIZES, build_tiny
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_same_seed_same_bytes(tmp_path, family):
     a = build_tiny(family, tmp_path / "a", seed=3)
     b = build_tiny(family, tmp_path / "b", seed=3)
@@ -25,8 +26,18 @@ def test_same_seed_same_bytes(tmp_path, family):
     assert sum(p.stat().st_size for p in a.iterdir()) < 5 * 2**20
 
 
-def test_loads_offline_with_auto_classes(tiny_qwen, tiny_idefics3):
-    for d, proc_cls in ((tiny_qwen, "Qwen2_5_VLProcessor"), (tiny_idefics3, "Idefics3Processor")):
+PROCESSORS = {
+    "qwen2_5_vl": "Qwen2_5_VLProcessor",
+    "idefics3": "Idefics3Processor",
+    "qwen3_vl": "Qwen3VLProcessor",
+    "qwen3_5": "Qwen3VLProcessor",  # Qwen3.5 ships Qwen3-VL's processor
+}
+
+
+def test_loads_offline_with_auto_classes(tiny_of):
+    assert set(PROCESSORS) == set(FAMILIES)
+    for family, proc_cls in PROCESSORS.items():
+        d = tiny_of(family)
         proc = AutoProcessor.from_pretrained(d)
         model = AutoModelForImageTextToText.from_pretrained(d)
         assert type(proc).__name__ == proc_cls
@@ -50,3 +61,13 @@ def test_tokenizer_knows_special_tokens(tiny_qwen):
 def test_unknown_family(tmp_path):
     with pytest.raises(InputError, match="unknown family"):
         build_tiny("llava9", tmp_path / "x")
+
+
+def test_every_family_has_a_head_size_vllm_takes_and_the_demo_layout():
+    """The tiny size has head size 32 (vLLM's CPU kernels refuse 16); the demo keeps its 4 heads of 16."""
+    assert TEXT_SIZES["demo"]["hidden_size"] // TEXT_SIZES["demo"]["num_attention_heads"] == 16
+    for family in FAMILIES:
+        for size in ("tiny", "demo"):
+            text = get(family).tiny_builder()(size)[0].text_config
+            head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+            assert head == (32 if size == "tiny" else 16), (family, size, head)

@@ -70,14 +70,14 @@ def alive(pids: set[int]) -> set[int]:
 class VLLMServer:
     """`mevqa serve` (which runs vLLM's server) as a user starts it."""
 
-    def __init__(self, model: Path, adapters: list[str], work: Path):
-        self.model, self.adapters, self.work = model, adapters, work
+    def __init__(self, model: Path, adapters: list[str], work: Path, engine: list[str] = ENGINE):
+        self.model, self.adapters, self.work, self.engine = model, adapters, work, engine
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 400) -> VLLMServer:
-        args = ["serve", "--model", str(self.model), "--port", str(self.port), *ENGINE]
+        args = ["serve", "--model", str(self.model), "--port", str(self.port), *self.engine]
         for a in self.adapters:
             args += ["--adapter", a]
         env = vllm_env(self.work / "vllm-cache")

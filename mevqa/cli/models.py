@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mevqa.models.families import FAMILIES  # plain data: no torch at start-up
+
 
 def cmd_tiny(a: argparse.Namespace) -> int:
     from mevqa.models.tiny import build_tiny
@@ -42,7 +44,12 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p = models.add_parser(
         "tiny", parents=[common], help="write a tiny random-weight VLM of a real architecture"
     )
-    p.add_argument("--family", default="qwen2_5_vl", help="qwen2_5_vl (default) or idefics3")
+    p.add_argument(
+        "--family",
+        default="qwen2_5_vl",
+        choices=FAMILIES,
+        help="the architecture, an entry of mevqa/models/families.py (default: qwen2_5_vl)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="weight seed; same seed gives the same bytes")
     p.add_argument(

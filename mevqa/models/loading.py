@@ -19,17 +19,10 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 
 from mevqa.config import ModelSpec
 from mevqa.errors import InputError, MissingDependency, ModelError
+from mevqa.models import families
 
 log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# modules a 4-bit load keeps in full precision (Qwen2.5-VL's and Idefics3's names)
-FULL_PRECISION_MODULES = [
-    "model.visual",
-    "model.vision_model",
-    "model.vision_tower",
-    "model.connector",
-    "lm_head",
-]
 
 
 def pick_device(device: str = "auto") -> str:
@@ -165,10 +158,18 @@ def quantization(spec: ModelSpec, device: str) -> Any:
         bnb_4bit_use_double_quant=spec.double_quant,
         bnb_4bit_compute_dtype=pick_dtype(device, spec.dtype),
         bnb_4bit_quant_storage=torch.uint8,
-        # the vision tower, its projector and the output head stay in full precision (the usual QLoRA
-        # recipe for VLMs: they are small, and bitsandbytes' CPU kernels need in_features >= 64)
-        llm_int8_skip_modules=FULL_PRECISION_MODULES,
+        # the vision tower, its projector and the output head stay in full precision (families.py says
+        # why and which modules those are, per architecture)
+        llm_int8_skip_modules=families.full_precision_for(model_type(spec)),
     )
+
+
+def model_type(spec: ModelSpec) -> str:
+    """The checkpoint's config `model_type` ("" when the config cannot be read: loading says why)."""
+    try:
+        return AutoConfig.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code).model_type
+    except (OSError, ValueError, KeyError):
+        return ""
 
 
 def load_model(spec: ModelSpec) -> torch.nn.Module:

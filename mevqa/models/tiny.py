@@ -10,7 +10,6 @@ real checkpoint; only the sizes differ. Same seed, same bytes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,10 +19,9 @@ from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 from mevqa import facs, prompts
 from mevqa.errors import InputError
 from mevqa.io import atomic_dir
+from mevqa.models import families
 
 log = logging.getLogger(__name__)
-
-FAMILIES = ("qwen2_5_vl", "idefics3")
 
 # Qwen2-VL / Qwen2.5-VL chat template (as published with the Instruct checkpoints).
 QWEN_CHAT_TEMPLATE = (
@@ -40,6 +38,31 @@ QWEN_CHAT_TEMPLATE = (
     "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen3-VL-Instruct's chat template, without its tool-call branches: no default system turn.
+_QWEN3_CONTENT = (
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+)
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n" + _QWEN3_CONTENT + "<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen3.5's: the same turns, an answer opens with a (here empty) think block. The published template
+# thinks unless `enable_thinking=False`; this one answers directly unless `enable_thinking=True`, since
+# ME-VQA scores short answers.
+QWEN3_5_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}<think>\n\n</think>\n\n{% endif %}"
+    + _QWEN3_CONTENT
+    + "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking %}<think>\n{% else %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
 )
 
 # Idefics3 / SmolVLM chat template (as published with HuggingFaceTB/SmolVLM-Instruct).
@@ -61,6 +84,7 @@ QWEN_SPECIAL = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
+QWEN3_5_SPECIAL = [*QWEN_SPECIAL, "<think>", "</think>"]
 IDEFICS3_SPECIAL = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -143,21 +167,44 @@ TEXT_SIZES = {
         max_position_embeddings=4096,
     ),
 }
-# Qwen2.5-VL's multimodal RoPE splits head_dim / 2 frequencies into (time, height, width) sections
-MROPE = {"tiny": [4, 6, 6], "demo": [2, 3, 3], "small": [8, 12, 12]}
 
 
-def _qwen_parts(size: str) -> tuple[object, object, int]:
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+def _sections(half: int) -> list[int]:
+    """Multimodal RoPE splits `half` rotary frequencies into (time, height, width) sections, 1:1.5:1.5
+    (Qwen2.5-VL's 16:24:24): 16 -> [4, 6, 6], 8 -> [2, 3, 3]."""
+    hw = 3 * half // 8
+    return [half - 2 * hw, hw, hw]
 
+
+def _head_dim(size: str) -> int:
+    return TEXT_SIZES[size]["hidden_size"] // TEXT_SIZES[size]["num_attention_heads"]
+
+
+def _qwen_tokenizer(special: list[str]) -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=train_tokenizer(QWEN_SPECIAL),
+        tokenizer_object=train_tokenizer(special),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         model_max_length=4096,
     )
-    ids = {t: fast.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    return fast, {t: fast.convert_tokens_to_ids(t) for t in special}
+
+
+def _qwen_ids(ids: dict[str, int]) -> dict[str, int]:
+    """The multimodal token ids a Qwen-VL config names."""
+    return dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+def qwen2_5_vl_parts(size: str) -> tuple[object, object, int]:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    fast, ids = _qwen_tokenizer(QWEN_SPECIAL)
     # 112 px frames -> 8x8 patches of 14 px -> 16 tokens per frame after the 2x2 merge.
     pixels = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
     processor = Qwen2_5_VLProcessor(
@@ -166,11 +213,12 @@ def _qwen_parts(size: str) -> tuple[object, object, int]:
         tokenizer=fast,
         chat_template=QWEN_CHAT_TEMPLATE,
     )
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": _sections(_head_dim(size) // 2)}
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(fast),
             **TEXT_SIZES[size],
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": MROPE[size]},
+            rope_parameters=rope,
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -185,15 +233,106 @@ def _qwen_parts(size: str) -> tuple[object, object, int]:
             window_size=56,
             tokens_per_second=2,
         ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **_qwen_ids(ids),
     )
     return config, processor, ids["<|im_end|>"]
 
 
-def _idefics3_parts(size: str) -> tuple[object, object, int]:
+def _qwen3_processor(fast: PreTrainedTokenizerFast, template: str) -> object:
+    """Qwen3-VL's processor (Qwen3.5 uses it too): 16 px patches, 2x2 merge; 112-128 px frames -> 128 px
+    -> 16 tokens per frame."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    return Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(
+            patch_size=16, merge_size=2, min_pixels=64 * 64, max_pixels=128 * 128
+        ),
+        video_processor=Qwen3VLVideoProcessor(
+            size={"shortest_edge": 64 * 64, "longest_edge": 128 * 128 * 16}, cap_pixels_per_frame=True
+        ),
+        tokenizer=fast,
+        chat_template=template,
+    )
+
+
+def _qwen3_vision(size: str, **extra: object) -> dict:
+    return dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=16,
+        num_position_embeddings=64,  # an 8x8 grid, interpolated to the frame's patches
+        out_hidden_size=TEXT_SIZES[size]["hidden_size"],
+        **extra,
+    )
+
+
+def qwen3_vl_parts(size: str) -> tuple[object, object, int]:
+    from transformers import Qwen3VLConfig
+
+    fast, ids = _qwen_tokenizer(QWEN_SPECIAL)
+    head = _head_dim(size)
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(fast),
+            **TEXT_SIZES[size],
+            head_dim=head,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": _sections(head // 2),
+                "mrope_interleaved": True,
+            },
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        # DeepStack: the first vision block's features are added to the first language-model layer
+        vision_config=_qwen3_vision(size, deepstack_visual_indexes=[0]),
+        **_qwen_ids(ids),
+    )
+    return config, _qwen3_processor(fast, QWEN3_CHAT_TEMPLATE), ids["<|im_end|>"]
+
+
+def qwen3_5_parts(size: str) -> tuple[object, object, int]:
+    from transformers import Qwen3_5Config
+
+    fast, ids = _qwen_tokenizer(QWEN3_5_SPECIAL)
+    head = _head_dim(size)
+    layers = TEXT_SIZES[size]["num_hidden_layers"]
+    config = Qwen3_5Config(
+        text_config=dict(
+            vocab_size=len(fast),
+            **TEXT_SIZES[size],
+            head_dim=head,
+            # half the head rotary (the published quarter leaves the demo's 16-wide heads 2 frequencies)
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1e7,
+                "mrope_section": _sections(head // 4),
+                "mrope_interleaved": True,
+                "partial_rotary_factor": 0.5,
+            },
+            # Gated DeltaNet linear attention, then full attention (every 2nd layer here, 4th published);
+            # one linear head of the published width 128: vLLM's CPU kernel takes no other
+            layer_types=["linear_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+            linear_num_key_heads=1,
+            linear_num_value_heads=1,
+            linear_key_head_dim=128,
+            linear_value_head_dim=128,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=_qwen3_vision(size),
+        **_qwen_ids(ids),
+    )
+    return config, _qwen3_processor(fast, QWEN3_5_CHAT_TEMPLATE), ids["<|im_end|>"]
+
+
+def idefics3_parts(size: str) -> tuple[object, object, int]:
     from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
 
     fast = PreTrainedTokenizerFast(
@@ -239,24 +378,17 @@ def _idefics3_parts(size: str) -> tuple[object, object, int]:
     return config, processor, ids["<end_of_utterance>"]
 
 
-BUILDERS: dict[str, Callable[[str], tuple[object, object, int]]] = {
-    "qwen2_5_vl": _qwen_parts,
-    "idefics3": _idefics3_parts,
-}
-
-
 def build_tiny(family: str, out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     """Write a tiny random-weight checkpoint of `family` to `out` and return the path.
 
     The directory is written to a temporary sibling and renamed into place, so an interrupted build
     never leaves a half-written checkpoint behind.
     """
-    if family not in BUILDERS:
-        raise InputError(f"--family {family!r} — unknown family; choose one of {', '.join(FAMILIES)}")
+    builder = families.get(family).tiny_builder()
     out = Path(out)
     if size not in TEXT_SIZES:
         raise InputError(f"--size {size!r} — choose one of {', '.join(TEXT_SIZES)}")
-    config, processor, eos_id = BUILDERS[family](size)
+    config, processor, eos_id = builder(size)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.eos_token_id = eos_id

@@ -9,20 +9,27 @@ import torch
 
 from mevqa.config import TrainConfig
 from mevqa.errors import ModelError
+from mevqa.models import families
 from mevqa.models.loading import load_model
 
 log = logging.getLogger(__name__)
 
-VISION_TARGETS = r".*(visual\.blocks|vision_model\.encoder).*\.(qkv|proj|q_proj|k_proj|v_proj|out_proj|fc1|fc2|gate_proj|up_proj|down_proj)"  # noqa: E501
-PROJECTOR_TARGETS = r".*(visual\.merger\.mlp\.[02]|connector\.modality_projection\.proj)"
 
-
-def lora_targets(cfg: TrainConfig) -> str:
-    parts = [cfg.lora.target_modules]
+def lora_targets(cfg: TrainConfig, model_type: str) -> str:
+    """The regex of the modules to adapt: --lora-target-modules, else the family's language model, plus
+    its vision tower / projector when asked for."""
+    family = families.for_model_type(model_type)
+    if family is None and (not cfg.lora.target_modules or cfg.lora.vision or cfg.lora.projector):
+        raise ModelError(
+            f"--model {cfg.model.model} — architecture {model_type!r} is not in mevqa's family table "
+            f"({', '.join(families.FAMILIES)}); pass --lora-target-modules REGEX (and no --lora-vision / "
+            "--lora-projector)"
+        )
+    parts = [cfg.lora.target_modules or family.lm_targets]
     if cfg.lora.vision:
-        parts.append(VISION_TARGETS)
+        parts.append(family.vision_targets)
     if cfg.lora.projector:
-        parts.append(PROJECTOR_TARGETS)
+        parts.append(family.projector_targets)
     if len(parts) > 1:
         log.warning(
             "LoRA on the vision tower/projector: vLLM ignores those weights unless the server enables "
@@ -50,7 +57,7 @@ def build_model(cfg: TrainConfig, device: str) -> torch.nn.Module:
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules=lora_targets(cfg),
+        target_modules=lora_targets(cfg, model.config.model_type),
         task_type="CAUSAL_LM",
     )
     try:
