@@ -1,27 +1,37 @@
 """mevqa Gradio demo: upload a face clip, see what the model sees, ask about it.
 
     python app.py [--model M] [--adapter A] [--base-url URL] [--host 127.0.0.1] [--port 7860]
-                  [--auth user:pass] [--max-upload-mb 50] [--work-dir DIR]
+                  [--auth user:pass] [--max-upload-mb 50] [--work-dir DIR] [--max-disk-mb 4096]
+                  [--idle-minutes 30] [--max-question-chars 2000]
 
 `build_demo(...)` returns the gr.Blocks; nothing lives at module level. With no --model it runs on the
 demo's tiny model (`make demo` builds it; else a random tiny Qwen2.5-VL is built) and says so.
 
 Uploads are hostile until proven otherwise: each upload is unpacked into a fresh folder of its own
 session (never named after the user's file), zips are checked against size and member caps from their
-directory *before* anything is written and again while copying, videos are probed for frame size and
-count before decoding, and a session's folders are deleted when the session ends or the app exits.
+directory *before* anything is written and again while copying, every zip frame's header is checked for
+pixel count before any frame is decoded, videos are probed for frame size and count before decoding, and
+big clips wait for each other to decode. A failed upload is removed at once, an idle session's folder
+after `--idle-minutes`, everything (Gradio's upload cache too: it lives in the app's folder) when the app
+exits; `--max-disk-mb` caps all of it together. Messages name files as the user knows them (`clip/img3.png`),
+never by their server path; questions longer than `--max-question-chars` are refused, and a client that
+leaves stops its generation.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
+import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +42,7 @@ from mevqa.agent import ClipContext, agent_markdown, hierarchical, long_video_an
 from mevqa.backends.base import Backend, VQARequest, load_backend
 from mevqa.config import (
     INPUT_MODES,
+    MAX_QUESTION_CHARS,
     PROMPT_STRATEGIES,
     FaceConfig,
     FrameConfig,
@@ -43,22 +54,30 @@ from mevqa.errors import InputError, MevqaError
 from mevqa.evaluation.spot_run import event_label, timeline_png
 from mevqa.facs import REGION_ROWS
 from mevqa.models.adapters import recorded_settings
-from mevqa.prompts import TEMPLATE_EXAMPLES, Message, render_question
+from mevqa.prompts import TEMPLATE_EXAMPLES, Message, check_question, render_question
+from mevqa.video import check_frame_file, open_clip
 
 VIDEO_TYPES = [".mp4", ".avi", ".mov", ".mkv", ".webm"]
 FRAME_TYPES = (".jpg", ".jpeg", ".png", ".bmp")
 DEMO = Path(".cache/demo")
+SHOWN_SIDE = 768  # the page shows frames at most this large; Gradio stores every image it shows as a PNG
 
 
 @dataclass(frozen=True)
 class UploadLimits:
-    """What one upload may cost. A real ME clip is a few hundred frames of at most ~2k x 1k pixels."""
+    """What users may cost the app. A real ME clip is a few hundred frames of at most ~2k x 1k pixels."""
 
     max_mb: float = 50.0  # the upload itself
     max_unpacked_mb: float = 500.0  # a zip's members, uncompressed, in total
     max_members: int = 2000  # frames in a zip
     max_side: int = 4096  # frame width or height, in pixels
     max_frames: int = 20000  # frames in a video
+    max_disk_mb: float = 4096.0  # every session's uploads and Gradio's cache, together
+    idle_minutes: float = 30.0  # a session untouched this long loses its uploads (API clients never leave)
+    # frame pixels decoded at once over all users: one 16-frame 4096x4096 clip (+ its 3 flow frames) took
+    # ~3 GB while decoding, and four at once killed the app; a clip above this decodes alone
+    decode_megapixels: float = 4096 * 4096 * 19 / 1e6
+    max_question_chars: int = MAX_QUESTION_CHARS
 
 
 def default_model() -> tuple[str, str | None, str]:
@@ -96,9 +115,21 @@ def _probe_video(p: Path, limits: UploadLimits) -> None:
         )
 
 
+def _natural(name: str) -> list[str | int]:
+    """Sort key reading numbers as numbers: `zip clip.zip *.jpg` stores img1, img10, img100, img2, ..."""
+    return [int(t) if i % 2 else t.lower() for i, t in enumerate(re.split(r"([0-9]+)", name))]
+
+
+def _safe(stem: str) -> str:
+    """A member's or an upload's name, reduced to characters that are safe in a file name on any system."""
+    return re.sub(r"[^A-Za-z0-9._-]", "", stem, flags=re.ASCII).lstrip(".")[-40:]
+
+
 def _members(z: zipfile.ZipFile, name: str, limits: UploadLimits) -> list[zipfile.ZipInfo]:
-    """The zip's frame members, refused from its directory when too many or too large."""
+    """The zip's frame members in the order of their names, refused from its directory when too many or
+    too large."""
     members = [i for i in z.infolist() if not i.is_dir() and Path(i.filename).suffix.lower() in FRAME_TYPES]
+    members.sort(key=lambda i: _natural(i.filename))
     if not members:
         raise InputError(f"{name} — the zip holds no {'/'.join(FRAME_TYPES)} frames")
     if len(members) > limits.max_members:
@@ -121,8 +152,25 @@ def _copy_capped(z: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, budget: 
     budget[0] -= info.file_size
 
 
+def _extract(z: zipfile.ZipFile, name: str, out: Path, limits: UploadLimits) -> None:
+    """Copy the frames, each checked for pixel count from its header (a 2 KB zip can hold two 13000x13000
+    PNGs, 500 MB each once decoded): nothing is decoded before every frame has passed."""
+    budget = [int(limits.max_unpacked_mb * 2**20)]
+    for k, info in enumerate(_members(z, name, limits)):
+        # a fresh name whose last number is the frame's place (FolderClip orders by it); no member can
+        # write outside `out` and no two collide
+        suffix = Path(info.filename).suffix.lower()
+        dest = out / f"{_safe(Path(info.filename).stem) or 'frame'}_{k}{suffix}"
+        _copy_capped(z, info, dest, budget, name)
+        try:
+            check_frame_file(dest)
+        except InputError as e:
+            raise InputError(f"{name}: {info.filename} — {str(e).partition(' — ')[2]}") from None
+
+
 def unpack_upload(path: str, work: Path, limits: UploadLimits = UploadLimits()) -> Path:
-    """A video file (probed), or a zip of frames extracted into a *new* folder under `work`."""
+    """A video file (probed), or a zip of frames extracted into a *new* folder under `work` (as
+    `work/clip-XXXX/<upload name>/`, so that messages can name frames as `clip/img3_2.png`)."""
     p = Path(path)
     size_mb = p.stat().st_size / 2**20
     if size_mb > limits.max_mb:
@@ -134,19 +182,20 @@ def unpack_upload(path: str, work: Path, limits: UploadLimits = UploadLimits()) 
     if suffix != ".zip":
         raise InputError(f"{p.name} — upload a video ({', '.join(VIDEO_TYPES)}) or a .zip of frames")
     work.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix="clip-", dir=work))  # fresh, never derived from the user's file name
+    fresh = Path(tempfile.mkdtemp(prefix="clip-", dir=work))  # fresh, never derived from the user's file
+    out = fresh / (_safe(p.stem) or "clip")
+    out.mkdir()
     try:
         with zipfile.ZipFile(p) as z:
-            budget = [int(limits.max_unpacked_mb * 2**20)]
-            for k, info in enumerate(_members(z, p.name, limits)):
-                # flatten to a numbered name: no member can write outside `out`, names cannot collide
-                dest = out / f"{Path(info.filename).stem[-40:]}_{k}{Path(info.filename).suffix.lower()}"
-                _copy_capped(z, info, dest, budget, p.name)
+            _extract(z, p.name, out, limits)
     except zipfile.BadZipFile:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(fresh, ignore_errors=True)
         raise InputError(f"{p.name} — not a readable zip file") from None
+    except UnicodeDecodeError:  # a member flagged UTF-8 whose name is not: zipfile cannot list the zip
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise InputError(f"{p.name} — a member's name is not the UTF-8 the zip declares; zip again") from None
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(fresh, ignore_errors=True)
         raise
     return out
 
@@ -156,49 +205,197 @@ def _remove(path: str | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _clear(folder: Path) -> None:
+    for old in folder.iterdir():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _disk_mb(root: Path) -> float:
+    total = 0
+    for folder, _, files in os.walk(root):
+        for f in files:
+            with contextlib.suppress(OSError):  # removed meanwhile by another session's clean-up
+                total += os.lstat(os.path.join(folder, f)).st_size
+    return total / 2**20
+
+
+def _unpacked_mb(path: str) -> float:
+    """What unpacking will add to the disk: a zip's frames (from its directory); a video is kept as is."""
+    if Path(path).suffix.lower() != ".zip":
+        return 0.0
+    try:
+        with zipfile.ZipFile(path) as z:
+            frames = [i for i in z.infolist() if Path(i.filename).suffix.lower() in FRAME_TYPES]
+            return sum(i.file_size for i in frames) / 2**20
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError):
+        return 0.0  # unpack_upload names what is wrong with it
+
+
+def _gradio_cache() -> Path:
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()).resolve()
+
+
+def _drop_upload(path: str | None) -> None:
+    """Gradio's copy of an upload, once unpacked or refused; a file outside Gradio's cache (an in-process
+    caller's own) is never touched."""
+    if not path or _gradio_cache() not in Path(path).resolve().parents:
+        return
+    Path(path).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        Path(path).parent.rmdir()  # Gradio keeps each upload in a folder of its own
+
+
+def _thumb(im: Any) -> Any:
+    im = im.copy()
+    im.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
+    return im
+
+
+class Budget:
+    """An amount (pixels being decoded, megabytes on disk) shared by all users: `hold` waits for room,
+    `take` refuses at once when there is none."""
+
+    def __init__(self, total: float):
+        self.total, self.used, self.cond = total, 0.0, threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, need: float) -> Iterator[None]:
+        need = min(need, self.total)  # more than all of it runs alone
+        with self.cond:
+            self.cond.wait_for(lambda: self.used + need <= self.total)
+            self.used += need
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= need
+                self.cond.notify_all()
+
+    @contextlib.contextmanager
+    def take(self, need: float, in_use: float, name: str) -> Iterator[None]:
+        with self.cond:
+            used = in_use + self.used
+            if used + need > self.total:
+                raise InputError(
+                    f"{name} — the app's uploads already fill {used:.0f} of its {self.total:.0f} MB "
+                    "(--max-disk-mb); try again later"
+                )
+            self.used += need
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= need
+
+
 class Demo:
     """What the page's events do: one backend, one generation config, one folder for every upload."""
 
     def __init__(
         self, backend: Backend, limits: UploadLimits, root: Path, tool_llm: Callable[[], Any] | None = None
     ):
-        self.backend, self.gen, self.limits, self.root = backend, GenConfig(), limits, root
+        self.backend, self.gen, self.limits, self.root = backend, GenConfig(), limits, Path(root).resolve()
         self.tool_llm = tool_llm  # the chat model that drives the tool agent: a served model that calls tools
+        self.pixels, self.disk = Budget(limits.decode_megapixels * 1e6), Budget(limits.max_disk_mb)
 
     def load(self, file, example, mode, frames, face, session):
         """Unpack the upload into a fresh folder of this session; decode the frames and the flow once."""
-        session = session or tempfile.mkdtemp(prefix="session-", dir=self.root)
+        session = self._session(session)
+        if file and not Path(file).exists():  # Gradio sends an upload again when the example changes
+            file = None
         if not (file or example):
-            return None, [], None, "Upload a clip or pick an example.", session
+            return None, [], None, "Upload a clip or pick an example.", str(session)
+        _clear(session)  # this session's previous upload
         try:
-            for old in Path(session).iterdir():  # this session's previous upload
-                shutil.rmtree(old, ignore_errors=True)
-            clip = unpack_upload(file, Path(session), self.limits) if file else Path(example)
+            clip = self._unpack(file, session) if file else Path(example)
             cfg = FrameConfig(frames=int(frames), input=mode, face=FaceConfig(mode=face))
             ctx = ClipContext(str(clip), cfg)
-            images, status = self._show(ctx, f"Loaded `{Path(file or example).name}`")
-        except MevqaError as e:
-            return None, [], None, f"**error:** {e}", session
-        return ctx, images, ctx.flow()[0], status, session
+            width, height = open_clip(clip, cfg.folder_fps).size  # from the first frame only
+            with self.pixels.hold(width * height * (int(frames) + 3)):  # + the flow's 3 frames
+                images, status = self._show(ctx, f"Loaded `{Path(file or example).name}`")
+        except BaseException as e:
+            _clear(session)  # a failed upload is removed at once
+            if not isinstance(e, MevqaError):
+                raise
+            return None, [], None, f"**error:** {self.public(str(e))}", str(session)
+        finally:
+            _drop_upload(file)
+        return ctx, images, _thumb(ctx.flow()[0]), status, str(session)
+
+    def _unpack(self, file: str, session: Path) -> Path:
+        """The upload in this session's folder, within the app's disk cap."""
+        with self.disk.take(_unpacked_mb(file), _disk_mb(self.root), Path(file).name):
+            clip = unpack_upload(file, session, self.limits)
+        if clip == Path(file) and _gradio_cache() in clip.resolve().parents:  # a video: move it in too
+            dest = Path(tempfile.mkdtemp(prefix="clip-", dir=session)) / (_safe(clip.name) or "clip.mp4")
+            clip = Path(shutil.move(clip, dest))
+        return clip
+
+    def _session(self, session: str | None) -> Path:
+        """This user's folder, created on first use, and again after it expired; marked as in use."""
+        path = Path(session) if session else Path(tempfile.mkdtemp(prefix="session-", dir=self.root))
+        path.mkdir(parents=True, exist_ok=True)
+        os.utime(path)
+        return path
+
+    def _touch(self, ctx: ClipContext) -> bool:
+        """Mark the session of an uploaded clip as in use; False when it expired (its folder is gone)."""
+        clip = Path(ctx.path).resolve()
+        if self.root not in clip.parents:
+            return True  # an example
+        with contextlib.suppress(OSError):
+            os.utime(self.root / clip.relative_to(self.root).parts[0])
+        return clip.exists()
+
+    def expire_idle(self) -> None:
+        """Remove what idle sessions left (folders, and files in Gradio's cache when it is the app's)."""
+        cutoff = time.time() - self.limits.idle_minutes * 60
+        for folder in self.root.glob("session-*"):
+            with contextlib.suppress(OSError):
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+        for f in (self.root / "gradio").rglob("*"):
+            with contextlib.suppress(OSError):
+                if f.is_file() and f.stat().st_mtime < cutoff:
+                    f.unlink()
+
+    def expire_forever(self) -> None:
+        while True:  # a daemon thread: checks four times per idle period, at least once a minute
+            time.sleep(max(1.0, min(60.0, self.limits.idle_minutes * 15)))
+            self.expire_idle()
+
+    def public(self, text: str) -> str:
+        """A message with server paths shown as the user knows them: relative to the uploaded clip."""
+
+        def shown(m: re.Match) -> str:  # session-X/clip-Y/clip/img3_2.png -> clip/img3_2.png
+            parts = Path(m.group(1).lstrip("/")).parts
+            clip = next((i for i, d in enumerate(parts) if d.startswith("clip-")), len(parts) - 2)
+            return "/".join(parts[clip + 1 :]) or "the upload"
+
+        for prefix in sorted({str(self.root), str(_gradio_cache())}, key=len, reverse=True):
+            text = re.sub(re.escape(prefix) + r"([^\s'\"`,;)]*)", shown, text)
+        return text
 
     @staticmethod
     def _show(ctx: ClipContext, what: str) -> tuple[list, str]:
         images = ctx.images(dataclasses.replace(ctx.frames, input="frames"))
         top = max(REGION_ROWS, key=ctx.flow()[1].get)
-        return images, f"{what}: {len(images)} frames; most motion: {top}."
+        return [_thumb(im) for im in images], f"{what}: {len(images)} frames; most motion: {top}."
 
     def spot(self, ctx, session):
         """Spot the expression events of the loaded video: the timeline picture and a list to choose from."""
         import gradio as gr
 
-        if ctx is None:
+        if ctx is None or not self._touch(ctx):
             return None, gr.update(choices=[], value=None), "Load a video first."
         try:  # the whole video's events, also when an event is chosen
             events, sig = ctx.events(), ctx.signal()
-            png = Path(session or self.root) / "timeline.png"
+            png = self._session(session) / "timeline.png"
             timeline_png(png, Path(ctx.path).name, sig, events, [], ctx.spot_settings())
         except MevqaError as e:
-            return None, gr.update(choices=[], value=None), f"**error:** {e}"
+            return None, gr.update(choices=[], value=None), f"**error:** {self.public(str(e))}"
         choices = [event_label(i + 1, e, sig.video_fps) for i, e in enumerate(events)]
         micro = sum(e.type == "micro" for e in events)
         status = f"Spotted {len(events)} events ({micro} micro, {len(events) - micro} macro): choose one."
@@ -206,14 +403,14 @@ class Demo:
 
     def pick(self, choice, ctx):
         """Point the chat at the chosen event: its onset, apex and offset feed the input modes."""
-        if ctx is None or not choice:
+        if ctx is None or not choice or not self._touch(ctx):
             return ctx, [], None, "Spot the events first, then choose one."
         try:
             narrowed = ctx.event(int(choice.split(":")[0]))
             images, status = self._show(narrowed, f"Event {choice}")
         except (MevqaError, ValueError) as e:
-            return ctx, [], None, f"**error:** {e}"
-        return narrowed, images, narrowed.flow()[0], status
+            return ctx, [], None, f"**error:** {self.public(str(e))}"
+        return narrowed, images, _thumb(narrowed.flow()[0]), status
 
     def _reply(self, message, ctx, mode, frames, prompt, agent, tools=False) -> Iterator[str]:
         if tools and self.tool_llm:
@@ -237,22 +434,31 @@ class Demo:
     def respond(
         self, message, history, ctx, mode, frames, prompt, agent, tools=False
     ) -> Iterator[tuple[list, str]]:
-        """Stream the answer into the chat; a failure is shown in the chat, the app keeps running."""
+        """Stream the answer into the chat; a failure is shown in the chat, the app keeps running.
+
+        Gradio closes this generator when the client leaves; closing the reply with it stops the model."""
         history = list(history or [])
         if not message:
             yield history, ""
             return
-        history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        if ctx is None:
-            history[-1]["content"] = "Load a clip first (upload or pick an example)."
+        limit = self.limits.max_question_chars
+        shown = message if len(message) <= limit else message[:200] + "…"  # not 256 KB echoed back
+        history += [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
+        if ctx is None or not self._touch(ctx):
+            expired = (
+                f"The upload was removed after {self.limits.idle_minutes:g} idle minutes: upload it again."
+            )
+            history[-1]["content"] = expired if ctx else "Load a clip first (upload or pick an example)."
             yield history, ""
             return
         try:
-            for partial in self._reply(message, ctx, mode, frames, prompt, agent, tools):
-                history[-1]["content"] = partial
-                yield history, ""
+            check_question(message, limit)
+            with contextlib.closing(self._reply(message, ctx, mode, frames, prompt, agent, tools)) as reply:
+                for partial in reply:
+                    history[-1]["content"] = partial
+                    yield history, ""
         except (MevqaError, RuntimeError) as e:
-            history[-1]["content"] = f"error: {e}"
+            history[-1]["content"] = f"error: {self.public(str(e))}"
         if not history[-1]["content"]:
             history[-1]["content"] = "(the model gave an empty answer)"
         yield history, ""
@@ -370,8 +576,11 @@ def build_demo(
     )
     if work_dir:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="mevqa-app-", dir=work_dir))  # this app's; removed when it exits
+    root = Path(tempfile.mkdtemp(prefix="mevqa-app-", dir=work_dir)).resolve()  # removed when it exits
     atexit.register(_remove, str(root))
+    # Gradio's upload cache in the app's folder: counted in --max-disk-mb, expired, and removed with it
+    # (Gradio's own lives on in /tmp/gradio after the app exits)
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
     tool_llm = None
     if base_url:
         from mevqa.agent.lc import server_chat_model
@@ -379,7 +588,9 @@ def build_demo(
         def tool_llm() -> Any:
             return server_chat_model(base_url, backend.model, api_key)
 
-    return _layout(Demo(backend, limits, root, tool_llm), notice, recorded_settings(adapter))
+    demo = Demo(backend, limits, root, tool_llm)
+    threading.Thread(target=demo.expire_forever, daemon=True, name="mevqa-expire").start()
+    return _layout(demo, notice, recorded_settings(adapter))
 
 
 def parse_auth(auth: str | None) -> tuple[str, str] | None:
@@ -403,6 +614,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auth", help="user:pass login (default: $MEVQA_AUTH; none if unset)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload (default: 50)")
     p.add_argument(
+        "--max-disk-mb",
+        type=float,
+        default=UploadLimits.max_disk_mb,
+        help="disk for all sessions' uploads and Gradio's cache together (default: %(default)g)",
+    )
+    p.add_argument(
+        "--idle-minutes",
+        type=float,
+        default=UploadLimits.idle_minutes,
+        help="remove a session's uploads after this long without use (default: %(default)g)",
+    )
+    p.add_argument(
+        "--max-question-chars",
+        type=int,
+        default=MAX_QUESTION_CHARS,
+        help="longest question accepted (default: %(default)d)",
+    )
+    p.add_argument(
         "--work-dir", help="folder for unpacked uploads (default: a temporary folder, removed on exit)"
     )
     a = p.parse_args(argv)
@@ -411,7 +640,14 @@ def main(argv: list[str] | None = None) -> int:
         auth = parse_auth(a.auth or os.environ.get("MEVQA_AUTH"))
         if a.base_url and not a.model:
             raise InputError("--base-url — also pass --model (the served model name)")
-        limits = UploadLimits(max_mb=a.max_upload_mb)
+        if min(a.max_upload_mb, a.max_disk_mb, a.idle_minutes, a.max_question_chars) <= 0:
+            raise InputError("--max-upload-mb/--max-disk-mb/--idle-minutes/--max-question-chars — must be >0")
+        limits = UploadLimits(
+            max_mb=a.max_upload_mb,
+            max_disk_mb=a.max_disk_mb,
+            idle_minutes=a.idle_minutes,
+            max_question_chars=a.max_question_chars,
+        )
         demo = build_demo(
             a.model, a.adapter, a.base_url, a.api_key or os.environ.get("MEVQA_API_KEY"), limits, a.work_dir
         )

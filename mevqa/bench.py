@@ -375,6 +375,58 @@ def bench_memory(work: Path) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- startup
+# The floor a one-question command is measured against: the imports every transformers user pays, and the
+# model and processor loaded as the model card shows. It reports its own time since its process started.
+LOAD_PROBE = """
+import sys, torch, transformers
+m = sys.argv[1]
+transformers.AutoModelForImageTextToText.from_pretrained(m)
+transformers.AutoProcessor.from_pretrained(m)
+from mevqa import process_seconds
+print(process_seconds())
+"""
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Wall seconds from start to exit of a fresh process, and its stdout."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if r.returncode:
+        raise RuntimeError(f"{cmd[2]} ... failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+    return time.perf_counter() - t0, r.stdout
+
+
+def bench_startup(work: Path, model: str | None, repeat: int = 3) -> dict:
+    """`mevqa ask` on one clip, start to exit, against a fresh `python -c "import torch, transformers"`
+    that loads the same model and processor; each in its own process, alternating (a warm-up round first
+    when repeating), median kept. Both on the CPU, with this process's torch thread count."""
+    model = model or str(build_tiny("qwen2_5_vl", work / "tiny-qwen2_5_vl"))
+    clip = synthesize(work / "startup", subjects=1, clips_per_subject=1, size=112) / "frames" / "s01_c01"
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads}
+    load = [sys.executable, "-c", LOAD_PROBE, model]
+    ask = [sys.executable, "-m", "mevqa", "ask", str(clip), "What is the coarse expression class?"]
+    ask += ["--model", model, "--device", "cpu", "--threads", threads, "--max-new-tokens", "16", "--json"]
+    floor, whole = "python -c 'import torch, transformers' + load", "mevqa ask, one answer"
+    runs: dict[str, list[tuple[float, str]]] = {floor: [], whole: []}
+    for i in range(repeat + (repeat > 1)):
+        for name, cmd in ((floor, load), (whole, ask)):
+            timed = _timed(cmd, env)
+            if i or repeat == 1:  # round 0 of several warms the page cache and is not kept
+                runs[name].append(timed)
+    seconds = {k: statistics.median(t for t, _ in v) for k, v in runs.items()}
+    return {
+        "seconds": seconds,
+        "own_report_seconds": {  # what each process said of itself at its end: before the exit's teardown
+            floor: statistics.median(float(o.split()[-1]) for _, o in runs[floor]),
+            whole: statistics.median(json.loads(o)["process_seconds"] for _, o in runs[whole]),
+        },
+        "ratios": {"mevqa ask / (imports + load)": seconds[whole] / seconds[floor]},
+        "target": "mevqa ask at most 1.5x the imports and model load a transformers user pays",
+    }
+
+
 def environment() -> dict:
     return {
         "date": time.strftime("%Y-%m-%d"),
@@ -434,7 +486,8 @@ def _run(
     results: dict[str, Any] = {"environment": {**environment(), "torch_threads": torch.get_num_threads()}}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        wl = workload(work, model, clips, size) if set(names) - {"sampling", "flow", "memory"} else None
+        own_model = {"sampling", "flow", "memory", "startup"}  # these need no loaded eval workload
+        wl = workload(work, model, clips, size) if set(names) - own_model else None
         table: dict[str, Callable[[], dict]] = {
             "sampling": lambda: bench_sampling(work, video_seconds, video_size, repeat=repeat),
             "reuse": lambda: bench_reuse(wl, repeat),
@@ -443,6 +496,7 @@ def _run(
             "server": lambda: bench_server(wl, base_url or [], repeat=repeat),
             "flow": lambda: bench_flow(work, repeat=repeat),
             "memory": lambda: bench_memory(work),
+            "startup": lambda: bench_startup(work, model, repeat=repeat),
         }
         for n in names:
             results[n] = table[n]()

@@ -4,7 +4,7 @@ its memory stays flat as the video grows.
 Rows: speed as a multiple of real time for a 30 fps 640x480 SynthME long video (the real face of
 `skimage.data.astronaut()`, uncropped, so the face stage works) and a 200 fps one (analysed at 50 fps),
 split into decode / face / flow / peaks; then peak memory (max RSS of a fresh `mevqa spot` process)
-and wall time at 1, 2, 4 and 8 minutes of the 30 fps video (the longer ones are the 1-minute video
+and wall time at 1, 2, 4, 8 and 10 minutes of the 30 fps video (the longer ones are the 1-minute video
 repeated, re-encoded as one file). Lightweight on purpose: no torch, no model.
 """
 
@@ -114,7 +114,7 @@ def _hwm_kb(pid: int) -> int:
     return int(line.split()[1])
 
 
-def run(out: Path | None = None, minutes: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, Any]:
+def run(out: Path | None = None, minutes: tuple[int, ...] = (1, 2, 4, 8, 10)) -> dict[str, Any]:
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

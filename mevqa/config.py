@@ -26,16 +26,16 @@ import yaml
 
 from mevqa.errors import InputError
 
-SAMPLINGS = ("uniform", "keyframes", "all")
+SAMPLINGS = ("uniform", "whole", "keyframes", "all")
 INPUT_MODES = ("frames", "video", "oao", "flow", "diff")
 FLOW_METHODS = ("farneback", "tvl1")
 BACKEND_NAMES = ("transformers", "openai", "vllm")
 PROMPT_STRATEGIES = ("plain", "labels", "hierarchical")
 METHODS = ("lora", "qlora", "full")
 FACE_MODES = ("none", "crop")
-# Language-model projections of Qwen2.5-VL (model.language_model.*) and Idefics3/SmolVLM (model.text_model.*):
-# what vLLM serves LoRA on by default.
-LM_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# MEGC questions are under 200 characters; one of 256 KB held the app's model for minutes while every
+# other user waited
+MAX_QUESTION_CHARS = 2000
 
 
 def setting(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
@@ -188,11 +188,15 @@ class VLLMSpec(Settings):
 
     Attributes:
         tensor_parallel_size: GPUs per model replica.
-        gpu_memory_utilization: share of GPU memory vLLM may take.
+        gpu_memory_utilization: share of GPU memory vLLM may take (GPU only: on vLLM's CPU backend the
+            same flag is a share of all RAM, so there the KV cache is sized instead, see kv_cache_gib).
         max_images: images per prompt the engine accepts.
         max_model_len: context length (default: the model's).
         enforce_eager: no CUDA graphs / compilation (starts faster; the answers are the same).
         max_lora_rank: largest LoRA rank to serve (default: the adapters' own, rounded up).
+        kv_cache_gib: KV cache size in GiB (default: on CPU, what max_model_len x max_num_seqs tokens of
+            the base need, or $VLLM_CPU_KVCACHE_SPACE; on GPU, gpu_memory_utilization decides).
+        max_num_seqs: sequences vLLM runs at once (default: vLLM's, 128 on CPU).
     """
 
     tensor_parallel_size: int = setting(1, min=1)
@@ -201,6 +205,8 @@ class VLLMSpec(Settings):
     max_model_len: int | None = setting(None, min=16)
     enforce_eager: bool = False
     max_lora_rank: int | None = setting(None, min=1)
+    kv_cache_gib: float | None = setting(None, above=0)
+    max_num_seqs: int | None = setting(None, min=1)
 
 
 @dataclass(frozen=True)
@@ -268,8 +274,11 @@ class FrameConfig(Settings):
     """How a clip becomes model input.
 
     Attributes:
-        frames: how many frames uniform sampling takes.
-        sampling: uniform, keyframes (onset/apex/offset) or all (every frame up to --max-frames).
+        frames: how many frames uniform (and whole) sampling takes.
+        sampling: uniform (evenly spaced between the row's onset and offset when it has them, else over
+            the whole clip), whole (evenly spaced over the whole clip, onset and offset ignored: what
+            harnesses that sample the full video see), keyframes (onset/apex/offset) or all (every frame
+            between onset and offset, or of the clip, up to --max-frames).
         input: frames (N images), video (one video part), oao (onset/apex/offset images), flow
             (optical-flow image onset -> apex) or diff (apex - onset); see inputs.py.
         max_frames: cap for --sampling all.
@@ -323,7 +332,8 @@ class LoraSpec(Settings):
         r: LoRA rank.
         alpha: LoRA alpha (scale = alpha / r).
         dropout: dropout on the LoRA input.
-        target_modules: regex of the module names to adapt (default: the language model's projections).
+        target_modules: regex of the module names to adapt (default: the language model's projections,
+            as mevqa/models/families.py names them for the base's architecture).
         vision: also adapt the vision tower (vLLM ignores it unless its tower-LoRA option is on).
         projector: also adapt the vision-language projector.
     """
@@ -332,7 +342,7 @@ class LoraSpec(Settings):
     r: int = setting(16, min=1)
     alpha: int = setting(32, min=1)
     dropout: float = setting(0.05, min=0)
-    target_modules: str = LM_TARGETS
+    target_modules: str = ""
     vision: bool = False
     projector: bool = False
 
@@ -351,6 +361,8 @@ class AskConfig(Settings):
             time); its onset, apex and offset replace --onset/--apex/--offset.
         spot_recipe: spotter settings for --event (the spot_recipe.yaml of `mevqa spot --tune`).
         seed: random seed for sampled answers (--samples, --do-sample).
+        threads: torch CPU threads (default: torch's own, one per core).
+        max_question_chars: longest question accepted, in characters.
     """
 
     model: ModelSpec = setting(ModelSpec(), requires="model")
@@ -365,6 +377,8 @@ class AskConfig(Settings):
     event: int | None = setting(None, min=1)
     spot_recipe: str | None = None
     seed: int = 0
+    threads: int | None = setting(None, min=1)
+    max_question_chars: int = setting(MAX_QUESTION_CHARS, min=1)
 
 
 @dataclass(frozen=True)
@@ -414,6 +428,8 @@ class EvalConfig(Settings):
         overwrite: discard earlier predictions in --out.
         max_errors: stop after this many failed answers in a row (0: never stop).
         spot_recipe: spotter settings for --task str|lvqa (the spot_recipe.yaml of `mevqa spot --tune`).
+        threads: torch CPU threads (default: torch's own, one per core); recorded in the run record.
+        plots: confusion-matrix PNGs (coarse, fine) where the gold answers hold two classes or more.
     """
 
     task: str = setting("vqa", choices=("vqa", "str", "lvqa"))
@@ -435,6 +451,8 @@ class EvalConfig(Settings):
     overwrite: bool = False
     max_errors: int = setting(20, min=0)
     spot_recipe: str | None = None
+    threads: int | None = setting(None, min=1)
+    plots: bool = True
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,11 @@ USER_ERRNOS = (
     errno.EISDIR,
     errno.ENOTDIR,
     errno.EEXIST,
+    errno.EFBIG,  # a file-size limit (ulimit -f): as final as a full disk
+    errno.EPERM,  # a place no one may write (/sys), whoever you are
 )
+# how Rust libraries (safetensors, tokenizers) report the OSError under their own exception type
+OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
 
 
 @contextmanager
@@ -36,6 +40,19 @@ def disk_errors(path: str | Path) -> Iterator[None]:
         if e.errno in USER_ERRNOS:
             raise InputError(f"{path} — cannot write: {os.strerror(e.errno)}") from None
         raise
+
+
+def write_failure(path: str | Path, e: BaseException) -> InputError | None:
+    """The user's-to-fix write failure behind `e`, if it is one: an OSError, a library's wrapped one
+    (safetensors: `... (os error 28)`), or torch.save's `file write failed` (which keeps no errno)."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None and (m := OS_ERROR_RE.search(str(e))):
+        code = int(m.group(1))
+    if code in USER_ERRNOS:
+        return InputError(f"{path} — cannot write: {os.strerror(code)}")
+    if isinstance(e, RuntimeError) and "file write failed" in str(e):
+        return InputError(f"{path} — cannot write (is the disk full or the folder read-only?)")
+    return None
 
 
 def _umask() -> int:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from mevqa.errors import InputError
 from mevqa.facs import AU_NAMES, COARSE_LABELS, FINE_LABELS, FINE_TO_COARSE, LABEL_SETS
 
 # The seven MEGC question templates, verbatim (3, 6 and 7 have singular and plural forms).
@@ -289,6 +290,15 @@ def render_question(question: str, strategy: str, coarse: str | None = None) -> 
     qtype, _ = classify(question)
     hint = label_hint(qtype, coarse if strategy == "hierarchical" else None)
     return f"{question} {hint}".strip()
+
+
+def check_question(question: str, limit: int) -> str:
+    """`question`, refused when longer than `limit` characters (before anything reaches a model)."""
+    if len(question) > limit:
+        raise InputError(
+            f"question — {len(question)} characters; at most {limit} (--max-question-chars to change it)"
+        )
+    return question
 
 
 def prompt_fingerprint(strategy: str) -> str:

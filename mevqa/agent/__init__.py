@@ -18,12 +18,12 @@ from typing import Any
 from PIL import Image
 
 from mevqa.backends.base import Answer, Backend, VQARequest
-from mevqa.config import FrameConfig, GenConfig
+from mevqa.config import MAX_QUESTION_CHARS, FrameConfig, GenConfig
 from mevqa.errors import MevqaError
 from mevqa.evaluation.parse import parse_aus, parse_label, prompted
 from mevqa.facs import AU_LOOKS, AU_NAMES, COARSE_LABELS, EMOTION_AUS, FINE_TO_COARSE
 from mevqa.inputs import flow_field, flow_image, load_clip, region_motion, visual_parts
-from mevqa.prompts import Q_AU_MANY, Q_COARSE, Q_FINE, Message, Part, label_hint
+from mevqa.prompts import Q_AU_MANY, Q_COARSE, Q_FINE, Message, Part, check_question, label_hint
 
 
 @dataclass
@@ -218,10 +218,12 @@ class ChatSession:
         gen: GenConfig | None = None,
         tool_llm: Callable[[], Any] | None = None,
         prompt: str = "plain",
+        max_question_chars: int = MAX_QUESTION_CHARS,
     ):
         self.backend, self.ctx, self.gen, self.tool_llm = backend, ctx, gen or GenConfig(), tool_llm
         self.prompt = prompt  # the prompt strategy an adapter was trained with (its mevqa.yaml)
         self.history: list[Message] = []
+        self.max_question_chars = max_question_chars
 
     def request(self, text: str) -> VQARequest:
         if not self.history:  # the first turn carries the frames, phrased as eval would phrase it
@@ -253,9 +255,10 @@ class ChatSession:
         if cmd == "/agent":
             return json.dumps(hierarchical(self.backend, self.ctx, self.gen), indent=2)
         if cmd == "/tools":
-            return self._tools(arg.strip())
+            return self._tools(check_question(arg.strip(), self.max_question_chars))
         if cmd.startswith("/"):
             return f"unknown command {cmd!r} — {', '.join(CHAT_COMMANDS)}"
+        check_question(line, self.max_question_chars)
         events = long_video_answer(self.backend, self.ctx, line, self.gen)
         if events is not None:
             return f"mevqa> {events}"

@@ -94,7 +94,7 @@ def tools(ctx: ClipContext, backend: Backend, gen: GenConfig) -> list[BaseTool]:
 
     @tool(response_format="content_and_artifact")
     def sample_frames(strategy: str = "uniform", count: int = 8) -> tuple[str, list[Image.Image]]:
-        """Sample frames from the clip: strategy uniform | keyframes | all, and how many."""
+        """Sample frames from the clip: strategy uniform | whole | keyframes | all, and how many."""
         imgs = ctx.images(FrameConfig(frames=count, sampling=strategy))
         return f"{len(imgs)} frames ({strategy})", imgs
 

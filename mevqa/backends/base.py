@@ -101,6 +101,15 @@ BACKENDS: dict[str, str] = {
 assert tuple(BACKENDS) == BACKEND_NAMES
 
 
+def set_threads(n: int | None) -> None:
+    """Pin torch's CPU threads (`--threads`); None leaves torch's default (one per core). A served model
+    (--backend openai) imports no torch for it."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def load_backend(
     model: ModelSpec, server: ServerSpec | None = None, engine: VLLMSpec | None = None
 ) -> Backend:

@@ -23,6 +23,7 @@ from transformers import DynamicCache, ProcessorMixin, TextIteratorStreamer
 from mevqa.backends.base import Answer, Backend, VQARequest, oom_error, out_of_memory
 from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import ModelError
+from mevqa.models import families
 from mevqa.models.adapters import attach_adapter
 from mevqa.models.loading import load_model, load_processor
 from mevqa.prompts import VideoPart, to_hf, video_kwargs
@@ -92,6 +93,10 @@ class TransformersBackend(Backend):
         self.model_id, self.adapter = model_id, adapter
         self.share_prefix = share_prefix  # prefill a clip's images once for all its questions
         self.cross_clip = cross_clip  # decode several clips' questions together (False: a call per clip)
+        # an architecture outside the table, or one with recurrent layers, answers by the plain path
+        self.family = families.for_model_type(getattr(model.config, "model_type", ""))
+        if self.family is None:
+            log.info("%s: not in mevqa's family table; questions do not share their prefix", model_id)
 
     @classmethod
     def from_config(cls, model: ModelSpec, server: ServerSpec, engine: VLLMSpec) -> TransformersBackend:
@@ -148,8 +153,9 @@ class TransformersBackend(Backend):
         """Render and process the batch: a job per clip whose questions share the prefix, one for the rest."""
         expanded = [r for r in requests for _ in range(gen.samples)]
         groups: dict[tuple, list[int]] = {}
+        share = self.share_prefix and self.family is not None and self.family.shared_prefix
         for i, r in enumerate(expanded):
-            groups.setdefault(_visual_key(r) if self.share_prefix else (i,), []).append(i)
+            groups.setdefault(_visual_key(r) if share else (i,), []).append(i)
         jobs = [self._shared_job(ix, [expanded[i] for i in ix]) for ix in groups.values() if len(ix) > 1]
         singles = [ix[0] for ix in groups.values() if len(ix) == 1]
         if singles:
@@ -175,8 +181,12 @@ class TransformersBackend(Backend):
         return self._decode(out[:, inputs["input_ids"].shape[1] :])
 
     def _rope_holder(self) -> Any:
-        """The module keeping Qwen2-VL-style multimodal RoPE offsets (`rope_deltas`), if the model has one."""
-        return next((m for m in self.model.modules() if hasattr(m, "rope_deltas")), None)
+        """The module keeping Qwen2-VL-style multimodal RoPE offsets (`rope_deltas`), if the family has it."""
+        if self.family is None or self.family.rope_deltas is None:
+            return None
+        # under a PEFT wrapper the table's path starts at the wrapped ...ForConditionalGeneration
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return base.get_submodule(self.family.rope_deltas)
 
     @torch.inference_mode()
     def _run_shared(self, jobs: list[Job], gen: GenConfig) -> list[list[str]]:
@@ -254,18 +264,45 @@ class TransformersBackend(Backend):
         return self.run(self.prepare(requests, gen), gen) if requests else []
 
     def stream(self, request: VQARequest, gen: GenConfig) -> Iterator[str]:
-        """Yield the answer as it grows, token by token (for chat UIs)."""
+        """Yield the answer as it grows, token by token (for chat UIs).
+
+        A generation error ends the stream and is raised here as one line (ModelError); closing this
+        generator early (the app's client left) stops the generation at its next token."""
         inputs = self._to_device(self.encode([request]))
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop, failed = threading.Event(), []
         kwargs = {**inputs, "max_new_tokens": gen.max_new_tokens, "streamer": streamer, **self._sampling(gen)}
-        thread = threading.Thread(target=lambda: self._no_grad_generate(kwargs), daemon=True)
+        kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([_Stopped(stop)])
+        args = (kwargs, streamer, failed)
+        thread = threading.Thread(target=self._stream_generate, args=args, daemon=True, name="mevqa-stream")
         thread.start()
         text = ""
-        for piece in streamer:
-            text += piece
-            yield text.strip()
+        try:
+            for piece in streamer:
+                text += piece
+                yield text.strip()
+        finally:
+            stop.set()  # also when closed early; the closer (Gradio's event loop) must not wait for the model
         thread.join()
+        if failed:
+            raise ModelError(f"generation — the model failed while answering: {failed[0]}")
 
     @torch.inference_mode()
-    def _no_grad_generate(self, kwargs: dict) -> None:
-        self.model.generate(**kwargs)
+    def _stream_generate(self, kwargs: dict, streamer: TextIteratorStreamer, failed: list[str]) -> None:
+        try:
+            self.model.generate(**kwargs)
+        except Exception as e:  # the stream must end, or its reader (and the app's model queue) waits forever
+            lines = str(e).strip().splitlines()
+            failed.append(f"{type(e).__name__}: {lines[0][:200] if lines else ''}")
+            streamer.end()
+
+
+class _Stopped(transformers.StoppingCriteria):
+    """Stops a streamed generation once its reader is gone."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.BoolTensor:
+        done = self.stop.is_set()
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,13 @@ from mevqa.models.adapters import served_name
 from mevqa.prompts import to_openai
 
 log = logging.getLogger(__name__)
+
+# An answer is a label or a few sentences. A server that ignores max_tokens (or is no model at all) must not
+# fill the predictions file: 50 MB answers made a 419 MB one. Read at most this much of a response, and keep
+# at most this much of an answer (with an error note, so a rerun asks again).
+MAX_BODY_BYTES = 8 * 2**20
+MAX_ANSWER_CHARS = 20_000
+CONTENT_RE = re.compile(rb'"content"\s*:\s*"')
 
 
 def auth(api_key: str | None) -> dict[str, str]:
@@ -67,6 +76,51 @@ class HTTPStatusError(Exception):
     def __init__(self, status: int, body: str):
         super().__init__(f"HTTP {status}: {body[:300]}")
         self.status = status
+
+
+async def read_capped(resp: httpx.Response, limit: int = MAX_BODY_BYTES) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body, and whether there was more (the rest is never read)."""
+    body = bytearray()
+    async for chunk in resp.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), True
+    return bytes(body), False
+
+
+def salvage_content(body: bytes) -> str:
+    """The first `content` string of a cut-off JSON body, as far as it got (up to MAX_ANSWER_CHARS)."""
+    m = CONTENT_RE.search(body)
+    if not m:
+        return ""
+    frag = body[m.end() : m.end() + 6 * MAX_ANSWER_CHARS].decode("utf-8", "ignore")
+    for end in range(len(frag), max(len(frag) - 7, -1), -1):  # drop an escape cut in half (\u00e)
+        try:
+            return json.decoder.scanstring(frag[:end] + '"', 0)[0][:MAX_ANSWER_CHARS]
+        except ValueError:
+            continue
+    return ""
+
+
+def parse_choices(body: bytes, cut: bool, content_type: str) -> tuple[list[str], str | None]:
+    """The choices' texts of a 2xx response, each capped, and an error note when one had to be cut; a body
+    that is not a chat completion (an HTML page from a proxy, a login form) fails the request."""
+    if cut:
+        note = f"the server sent more than {MAX_BODY_BYTES // 2**20} MiB — answer truncated"
+        return [salvage_content(body)], note
+    try:
+        texts = [(c["message"].get("content") or "").strip() for c in json.loads(body)["choices"]]
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError):
+        texts = []
+    if not texts:
+        shown = body[:80].decode("utf-8", "replace")
+        raise RequestFailed(
+            f"HTTP 200 but not a chat completion ({content_type or 'no content type'}: {shown!r}); "
+            "is --base-url an OpenAI-compatible /v1?"
+        )
+    long = max(len(t) for t in texts)
+    note = f"answer of {long} characters truncated to {MAX_ANSWER_CHARS}" if long > MAX_ANSWER_CHARS else None
+    return [t[:MAX_ANSWER_CHARS] for t in texts], note
 
 
 class OpenAIBackend(Backend):
@@ -134,17 +188,20 @@ class OpenAIBackend(Backend):
 
     async def _complete(
         self, client: httpx.AsyncClient, r: VQARequest, gen: GenConfig, n: int, seed: int | None
-    ) -> list[str]:
-        """One chat completion (with retries on connection errors and 5xx); its choices' texts."""
+    ) -> tuple[list[str], str | None]:
+        """One chat completion (with retries on connection errors and 5xx): its choices' texts, and a note
+        when an answer was cut to size."""
         for attempt in range(self.retries + 1):
             url = next(self._next_url)  # spread requests (and retries) over the replicas
             try:
-                resp = await client.post(
-                    f"{url}/chat/completions", json=self._payload(r, gen, n, seed), headers=self._headers()
-                )
+                payload = self._payload(r, gen, n, seed)
+                async with client.stream(
+                    "POST", f"{url}/chat/completions", json=payload, headers=self._headers()
+                ) as resp:
+                    body, cut = await read_capped(resp)
                 if resp.status_code >= 400:
-                    raise HTTPStatusError(resp.status_code, resp.text)
-                return [(c["message"].get("content") or "").strip() for c in resp.json()["choices"]]
+                    raise HTTPStatusError(resp.status_code, body.decode("utf-8", "replace"))
+                return parse_choices(body, cut, resp.headers.get("content-type", ""))
             except (httpx.TransportError, HTTPStatusError) as e:
                 if isinstance(e, HTTPStatusError) and e.status < 500 or attempt == self.retries:
                     raise RequestFailed(f"{type(e).__name__}: {e}"[:300]) from None
@@ -158,14 +215,15 @@ class OpenAIBackend(Backend):
         async with sem:
             t0 = time.perf_counter()
             try:
-                texts = await self._complete(client, r, gen, gen.samples, r.seed)
+                texts, note = await self._complete(client, r, gen, gen.samples, r.seed)
                 for i in range(len(texts), gen.samples):  # the server ignored `n`: one request per sample
                     seed = None if r.seed is None else r.seed + i
-                    texts += await self._complete(client, r, gen, 1, seed)
+                    more, more_note = await self._complete(client, r, gen, 1, seed)
+                    texts, note = texts + more, note or more_note
             except RequestFailed as e:
                 return Answer(r.id, "", error=str(e), seconds=time.perf_counter() - t0)
             samples = tuple(texts[: gen.samples]) if gen.samples > 1 else ()
-            return Answer(r.id, texts[0], seconds=time.perf_counter() - t0, samples=samples)
+            return Answer(r.id, texts[0], error=note, seconds=time.perf_counter() - t0, samples=samples)
 
     async def _all(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
         sem = asyncio.Semaphore(self.concurrency)

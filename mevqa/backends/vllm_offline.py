@@ -9,6 +9,7 @@ importing mevqa never needs it. Prompts come from the same `Message` type and th
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,37 @@ from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import MissingDependency, ModelError
 from mevqa.models.adapters import adapter_name, adapter_rank, vllm_lora_rank
 from mevqa.models.loading import load_processor
+from mevqa.models.shapes import base_config, kv_cache_need
 from mevqa.prompts import VideoPart, to_hf
 
 log = logging.getLogger(__name__)
+CPU_LLM_SEQS = 256  # vLLM's max_num_seqs for `vllm.LLM` on CPU (vllm/engine/arg_utils.py)
+
+
+def memory_kwargs(model: ModelSpec, engine: VLLMSpec, on_cpu: bool) -> dict[str, Any]:
+    """vLLM's CPU backend reads gpu_memory_utilization as a share of all RAM (0.9 reserved 20.5 GiB for
+    the tiny model): there the KV cache is sized for what the model needs, as `mevqa serve` does."""
+    out: dict[str, Any] = {"max_num_seqs": engine.max_num_seqs} if engine.max_num_seqs else {}
+    if engine.kv_cache_gib:
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # vLLM lets it override the explicit size
+        return {**out, "kv_cache_memory_bytes": int(engine.kv_cache_gib * 2**30)}
+    if not on_cpu:
+        return {**out, "gpu_memory_utilization": engine.gpu_memory_utilization}
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return out  # the user's own vLLM setting
+    config = base_config(model.model)
+    if config is None:
+        return {**out, "kv_cache_memory_bytes": 4 * 2**30}  # vLLM's old CPU default
+    seqs = engine.max_num_seqs or CPU_LLM_SEQS
+    size, why = kv_cache_need(config, engine.max_model_len, seqs, model.dtype)
+    log.info("vLLM on CPU: a KV cache of %.2f GiB (%s)", size / 2**30, why)
+    return {**out, "kv_cache_memory_bytes": size}
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def _vllm() -> Any:
@@ -79,12 +108,12 @@ class VLLMBackend(Backend):
             "model": model.model,
             "tensor_parallel_size": engine.tensor_parallel_size,
             "limit_mm_per_prompt": {"image": engine.max_images, "video": 1},
-            "gpu_memory_utilization": engine.gpu_memory_utilization,
             "trust_remote_code": model.trust_remote_code,
             "enforce_eager": engine.enforce_eager,
             "max_model_len": engine.max_model_len,
             "dtype": model.dtype,
             "seed": 0,
+            **memory_kwargs(model, engine, _on_cpu()),
         }
         if model.adapter:
             rank = engine.max_lora_rank or vllm_lora_rank(adapter_rank(model.adapter) or 16)

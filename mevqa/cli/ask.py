@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from mevqa import process_seconds
 from mevqa.cli._args import adapter_defaults, add_settings, load_settings
 from mevqa.config import AskConfig
 from mevqa.errors import MevqaError
@@ -25,15 +27,17 @@ def _settings(a: argparse.Namespace, command: str) -> AskConfig:
 
 
 def cmd_ask(a: argparse.Namespace) -> int:
-    from mevqa.backends.base import VQARequest, load_backend
+    from mevqa.backends.base import VQARequest, load_backend, set_threads
     from mevqa.evaluation.parse import prompted, voted
     from mevqa.inputs import load_clip, visual_parts
-    from mevqa.prompts import Message
+    from mevqa.prompts import Message, check_question
 
     cfg = _settings(a, "ask")
+    check_question(a.question, cfg.max_question_chars)
     # a bad clip fails before a model loads
     keys = _keyframes(a.clip, cfg)
     clip = load_clip(a.clip, cfg.frames, *keys)
+    set_threads(cfg.threads)
     backend = load_backend(cfg.model, cfg.server, cfg.vllm)
     t0 = time.perf_counter()
     parts = visual_parts(clip, cfg.frames)
@@ -49,7 +53,9 @@ def cmd_ask(a: argparse.Namespace) -> int:
             "model": cfg.model.model,
             "adapter": cfg.model.adapter,
             "frames": clip.indices,
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": round(time.perf_counter() - t0, 3),  # answering: frames to model input, generate
+            "process_seconds": round(process_seconds(), 3),  # since the process started, imports included
+            "threads": _torch_threads(),
         }
         if cfg.event:
             out["event"] = dict(zip(("n", "onset", "apex", "offset"), (cfg.event, *keys)))
@@ -59,6 +65,11 @@ def cmd_ask(a: argparse.Namespace) -> int:
     else:
         print(ans.text)
     return 0
+
+
+def _torch_threads() -> int | None:
+    torch = sys.modules.get("torch")  # a served model's ask imports no torch
+    return torch.get_num_threads() if torch else None
 
 
 def _keyframes(path: str, cfg: AskConfig) -> tuple[int | None, int | None, int | None]:
@@ -88,13 +99,21 @@ def _tool_llm(cfg: AskConfig, backend: Any) -> Callable[[], Any] | None:
 
 def cmd_chat(a: argparse.Namespace) -> int:
     from mevqa.agent import ChatSession, ClipContext
-    from mevqa.backends.base import load_backend
+    from mevqa.backends.base import load_backend, set_threads
 
     cfg = _settings(a, "chat")
     ctx = ClipContext(a.clip, cfg.frames, *_keyframes(a.clip, cfg))
     ctx.parts()  # a bad clip fails here, before the model loads
+    set_threads(cfg.threads)
     backend = load_backend(cfg.model, cfg.server, cfg.vllm)
-    session = ChatSession(backend, ctx, cfg.gen, tool_llm=_tool_llm(cfg, backend), prompt=cfg.prompt)
+    session = ChatSession(
+        backend,
+        ctx,
+        cfg.gen,
+        tool_llm=_tool_llm(cfg, backend),
+        prompt=cfg.prompt,
+        max_question_chars=cfg.max_question_chars,
+    )
     who = cfg.model.model + (f" + {cfg.model.adapter}" if cfg.model.adapter else "")
     print(f"chatting about {a.clip} with {who}. {CHAT_HELP}")
     session.repl(input, print)
@@ -111,7 +130,10 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("clip", help="video file (mp4, avi, ...) or folder of frames (jpg/png/bmp)")
     p.add_argument("question", help='e.g. "What is the coarse expression class?"')
     p.add_argument(
-        "--json", action="store_true", help="print answer, model, adapter, frames, seconds as JSON"
+        "--json",
+        action="store_true",
+        help="print answer, model, adapter, frames, seconds (answering), process_seconds (since the "
+        "process started) and threads as JSON",
     )
     add_settings(p, AskConfig)
     p.set_defaults(func=cmd_ask)

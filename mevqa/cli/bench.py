@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mevqa.models.families import SHAPES  # plain data: no torch at start-up
+
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from mevqa.bench import format_results, run
@@ -44,7 +46,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         description="sampling: sparse vs full decode; reuse: per-clip reuse in eval; overhead: harness vs "
         "bare generate; batching: batch 8/32/64 per clip vs across clips; server: in-process vs a server; "
         "flow: Farneback vs TV-L1; memory: 4-bit vs fp32 loading; spot: the spotter against real time, "
-        "its memory at 1-8 minutes of video; gpu: the GPU rows (--shape); all: the CPU ones.",
+        "its memory at 1-10 minutes of video; startup: `mevqa ask` start to exit vs importing torch + "
+        "transformers and loading the model, each a fresh process; gpu: the GPU rows (--shape); all: the CPU "
+        "ones.",
     )
     p.add_argument(
         "name",
@@ -56,6 +60,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
             "server",
             "flow",
             "memory",
+            "startup",
             "spot",
             "gpu",
             "all",
@@ -64,7 +69,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument(
         "--shape",
         default="qwen2_5_vl_7b",
-        choices=("qwen2_5_vl_7b", "qwen2_5_vl_3b", "tiny"),
+        choices=(*SHAPES, "tiny"),
         help="for `gpu`: the architecture, built with random weights from its published config",
     )
     p.add_argument(
@@ -74,12 +79,16 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     p.add_argument("--out", help="folder for <name>.json")
     p.add_argument(
-        "--model", help="model for the eval benchmarks (default: a tiny Qwen2.5-VL built on the fly)"
+        "--model",
+        help="model for the eval and startup benchmarks (default: a tiny Qwen2.5-VL built on the fly)",
     )
     p.add_argument("--clips", type=int, default=8, help="SynthME clips for the eval benchmarks (default: 8)")
     p.add_argument("--size", type=int, default=112, help="SynthME frame size (default: 112)")
     p.add_argument(
-        "--repeat", type=int, default=3, help="timed repeats per variant, median kept (default: 3)"
+        "--repeat",
+        type=int,
+        default=3,
+        help="timed repeats per variant, median kept (default: 3); startup alternates fresh processes",
     )
     p.add_argument(
         "--threads",

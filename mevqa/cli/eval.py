@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from mevqa import process_seconds
 from mevqa.cli._args import adapter_defaults, add_settings, load_settings
 from mevqa.config import EvalConfig
 from mevqa.errors import InputError
@@ -26,16 +27,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
     summary = run_eval(cfg)
     if summary is None:  # another process of a multi-process run: the main one reports
         return 0
-    c, run = summary["counts"], summary["run"]
-    print(
-        f"{c['n']} questions, {c['answered']} answered, {c['errors']} errors; "
-        f"{run['answered_this_run']} answered this run in {run['answering_seconds']} s "
-        f"({run['wall_seconds']} s with start-up)"
-    )
+    c, run = summary["counts"], summary["this_run"]
     if summary["metrics"]:
         print(format_table(summary["metrics"]))
     for f in summary["files"]:
         print(f"  wrote {f}")
+    # read now, after every file is written: the time a stopwatch around the command reads, near enough
+    print(
+        f"{c['n']} questions, {c['answered']} answered, {c['errors']} errors; "
+        f"{run['answered_this_run']} answered this run in {run['answering_seconds']:.2f} s of answering, "
+        f"{process_seconds():.2f} s since the process started (imports, model load and outputs included)"
+    )
     if c["answered"] < c["n"]:
         missing = c["n"] - c["answered"]
         print(f"error: {missing} of {c['n']} questions have no answer (see report.md); rerun to retry them")

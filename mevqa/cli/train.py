@@ -8,6 +8,7 @@ from pathlib import Path
 from mevqa.cli._args import add_settings, load_settings
 from mevqa.config import TrainConfig
 from mevqa.errors import InputError
+from mevqa.io import write_failure
 
 # model settings that are not training settings (train loads a base in this process; qlora is a --method)
 TRAIN_SKIP = ("model.adapter", "model.backend", "model.load_in_4bit")
@@ -22,7 +23,12 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise InputError(f"--out {out} — is a file, not a folder")
     if (out / "adapter_config.json").exists() and not cfg.resume and not cfg.overwrite:
         raise InputError(f"--out {out} — already holds an adapter; pass --resume or --overwrite")
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception as e:  # a full or read-only disk surfaces from torch, safetensors or peft, not just os
+        if (failure := write_failure(f"--out {out}", e)) is None:
+            raise
+        raise failure from None
     if metrics is None:  # another process of a multi-process run: the main one reports
         return 0
     best = metrics.get("best_held_out_coarse_uf1")

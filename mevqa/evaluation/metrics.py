@@ -1,12 +1,16 @@
-"""MEGC ME-VQA metrics: small functions over lists, built on scikit-learn, sacrebleu and rouge-score."""
+"""MEGC ME-VQA metrics: small functions over lists, built on sacrebleu and rouge-score.
+
+UF1 and UAR are counted here (tests/test_metrics.py checks them against scikit-learn): scikit-learn costs
+about 1.5 s of imports (scipy) for sums over a few hundred labels, more than the rest of the scoring.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
-
-from sklearn.metrics import f1_score, recall_score
 
 from mevqa.data.megc import row_dataset, row_id
 from mevqa.evaluation.parse import parse_aus, parse_label
@@ -34,20 +38,28 @@ def _classes(gold: Sequence[str], pred: Sequence[str], label_set: str) -> list[s
     return sorted(set(gold) | set(pred)) if label_set == "union" else sorted(set(gold))
 
 
+def _counts(gold: Sequence[str], pred: Sequence[str]) -> tuple[Counter, Counter, Counter]:
+    """Per class: true positives, gold occurrences (TP + FN) and predicted occurrences (TP + FP)."""
+    return Counter(g for g, p in zip(gold, pred) if g == p), Counter(gold), Counter(pred)
+
+
 def uf1(gold: Sequence[str], pred: Sequence[str], label_set: str = "gt") -> float | None:
-    """Unweighted F1: mean over classes of 2TP/(2TP+FP+FN); classes = ground truth (or the union)."""
+    """Unweighted F1: mean over classes of 2TP/(2TP+FP+FN); classes = ground truth (or the union).
+    A class with no TP, FP or FN scores 0 (scikit-learn's `zero_division=0`)."""
     if not gold:
         return None
     labels = _classes(gold, pred, label_set)
-    return float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0))
+    tp, real, said = _counts(gold, pred)
+    return sum(2 * tp[c] / (real[c] + said[c]) if real[c] + said[c] else 0.0 for c in labels) / len(labels)
 
 
 def uar(gold: Sequence[str], pred: Sequence[str], label_set: str = "gt") -> float | None:
-    """Unweighted average recall: mean over classes of TP/(TP+FN)."""
+    """Unweighted average recall: mean over classes of TP/(TP+FN) (0 for a class never in gold)."""
     if not gold:
         return None
     labels = _classes(gold, pred, label_set)
-    return float(recall_score(gold, pred, labels=labels, average="macro", zero_division=0))
+    tp, real, _ = _counts(gold, pred)
+    return sum(tp[c] / real[c] if real[c] else 0.0 for c in labels) / len(labels)
 
 
 def set_f1(gold: set[str], pred: set[str]) -> float:
@@ -73,15 +85,47 @@ def bleu(refs: Sequence[str], hyps: Sequence[str]) -> float | None:
     return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)], lowercase=True).score / 100)
 
 
+@contextmanager
+def _hidden(*names: str) -> Iterator[None]:
+    """`import NAME` fails inside this block for the packages not imported yet (and works again after)."""
+    hidden = [n for n in names if n not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # a None entry makes `import n` raise ImportError
+    try:
+        yield
+    finally:
+        for n in hidden:
+            if sys.modules.get(n) is None:
+                del sys.modules[n]
+
+
 @lru_cache(maxsize=1)
 def _rouge():
-    from rouge_score import rouge_scorer
+    # rouge-score imports all of nltk for its Porter stemmer, and nltk's SVM parser and scikit-learn wrapper
+    # pull in scipy and scikit-learn (~1.2 s, most of the scoring's time); nltk guards each of these imports
+    # (`except ImportError`), and neither is used here, so they are hidden while it is imported
+    with _hidden("scipy", "scipy.sparse", "scipy.stats", "sklearn"):
+        from rouge_score import rouge_scorer, tokenizers
 
-    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    class Cached(tokenizers.Tokenizer):
+        """The default tokenizer with Porter stemming, remembered per text: the same answers are scored
+        overall, per dataset, per question type and for the worst examples, and stemming is the cost."""
+
+        def __init__(self) -> None:
+            self._tokens = lru_cache(maxsize=65536)(tokenizers.DefaultTokenizer(use_stemmer=True).tokenize)
+
+        def tokenize(self, text: str) -> list[str]:
+            return self._tokens(text)
+
+    return rouge_scorer.RougeScorer(["rouge1"], tokenizer=Cached())
+
+
+@lru_cache(maxsize=65536)
+def _rouge1(ref: str, hyp: str) -> float:
+    return _rouge().score(ref, hyp)["rouge1"].fmeasure
 
 
 def rouge1_each(refs: Sequence[str], hyps: Sequence[str]) -> list[float]:
-    return [_rouge().score(r, h)["rouge1"].fmeasure for r, h in zip(refs, hyps)]
+    return [_rouge1(r, h) for r, h in zip(refs, hyps)]
 
 
 def rouge1(refs: Sequence[str], hyps: Sequence[str]) -> float | None:

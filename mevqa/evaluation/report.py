@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mevqa.config import EvalConfig
@@ -59,6 +61,14 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join([head, sep, *rows])
 
 
+TIMING_NOTE = (
+    "Timing: `process_seconds` runs from the start of the process (interpreter, imports, model load, "
+    "answering, scoring and plots) to the moment this record was written; `answering_seconds` is the "
+    "answering alone. `runs` in metrics.json lists every run with these settings; `run` is the latest "
+    "that answered questions (a rerun that found everything answered does not replace its timing)."
+)
+
+
 def write_json(path: str | Path, data: dict) -> Path:
     return atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
@@ -73,36 +83,73 @@ def _pyplot():
     return plt
 
 
-def confusion_png(gold: list[str], pred: list[str], labels: list[str], title: str, path: str | Path) -> Path:
-    """Row-normalised confusion matrix; predictions outside `labels` are collected as "other"."""
-    from sklearn.metrics import confusion_matrix
+CELL, PAD = 40, 8  # confusion PNG: pixels per matrix cell, and around the text
 
-    plt = _pyplot()
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1 with FreeType)
+    except (TypeError, ImportError):
+        return ImageFont.load_default()
+
+
+def _blue(v: float) -> tuple[int, int, int]:
+    """White -> dark blue by a cell's share of its row (matplotlib's "Blues" at both ends)."""
+    lo, hi = (247, 251, 255), (8, 48, 107)
+    return tuple(round(a + (b - a) * v) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def confusion_png(gold: list[str], pred: list[str], labels: list[str], title: str, path: str | Path) -> Path:
+    """Row-normalised confusion matrix; predictions outside `labels` are collected as "other".
+
+    Drawn with Pillow, cell by cell: matplotlib took ~0.3 s a figure plus ~0.5 s to import, longer than
+    answering a small test set on a GPU."""
+    from PIL import Image, ImageDraw
 
     cols = [*labels, "other"]
-    pred = [p if p in labels else "other" for p in pred]
-    cm = confusion_matrix(gold, pred, labels=cols)[: len(labels)]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(cols), 1.0 + 0.6 * len(labels)))
-    norm = cm / cm.sum(axis=1, keepdims=True).clip(min=1)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(labels)):
-        for j in range(len(cols)):
-            ax.text(
-                j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black"
-            )
-    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("gold")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    index = {c: j for j, c in enumerate(cols)}
+    cm = [[0] * len(cols) for _ in labels]
+    for g, p in zip(gold, pred):
+        if g in index and index[g] < len(labels):
+            cm[index[g]][index.get(p, len(labels))] += 1
+    font, small = _font(13), _font(11)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = max(measure.textlength(t, font=font) for t in labels) + 2 * PAD + 16
+    top = max(measure.textlength(t, font=font) for t in cols) + 2 * PAD + 34
+    w, h = int(left + CELL * len(cols) + PAD), int(top + CELL * len(labels) + PAD)
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((PAD, PAD), title, fill="black", font=font)
+    for j, c in enumerate(cols):  # column labels written upwards, as rotated tick labels
+        tw = int(measure.textlength(c, font=font))
+        label = Image.new("RGB", (tw + 2, 18), "white")
+        ImageDraw.Draw(label).text((0, 0), c, fill="black", font=font)
+        rotated = label.rotate(90, expand=True)
+        img.paste(rotated, (int(left + CELL * j + CELL / 2 - 9), int(top - PAD - rotated.height)))
+    for i, row in enumerate(cm):
+        y = top + CELL * i
+        draw.text((left - PAD, y + CELL / 2), labels[i], fill="black", font=font, anchor="rm")
+        for j, n in enumerate(row):
+            share = n / max(1, sum(row))
+            x = left + CELL * j
+            draw.rectangle((x, y, x + CELL, y + CELL), fill=_blue(share), outline=(220, 220, 220))
+            ink = "white" if share > 0.5 else "black"
+            draw.text((x + CELL / 2, y + CELL / 2), str(n), fill=ink, font=small, anchor="mm")
+    draw.text((PAD, top - PAD - 12), "gold \\ predicted", fill="gray", font=small)
+    img.save(path, optimize=False)
     return Path(path)
 
 
 def write_report_md(
-    path: str | Path, metrics: dict | None, settings: dict, run: dict, worst: list[dict], counts: dict
+    path: str | Path,
+    metrics: dict | None,
+    settings: dict,
+    run: dict,
+    worst: list[dict],
+    counts: dict,
+    plots: Sequence[str] = (),
 ) -> Path:
     """report.md: metrics (overall, per dataset, per question type), worst examples, settings."""
     out = ["# mevqa evaluation report", ""]
@@ -122,7 +169,7 @@ def write_report_md(
             f"| {t} | {m['n']} | {_cell(m['bleu'])} | {_cell(m['rouge1'])} |"
             for t, m in metrics["per_question_type"].items()
         ]
-        out += ["", "Confusion matrices: `confusion_coarse.png`, `confusion_fine.png`.", ""]
+        out += ["", "Confusion matrices: " + ", ".join(f"`{p}`" for p in plots) + ".", ""] if plots else [""]
     else:
         out += ["No gold answers in the input: no metrics (see the submission files).", ""]
     if worst:
@@ -146,6 +193,8 @@ def write_report_md(
         "```",
         "",
         "## Run",
+        "",
+        TIMING_NOTE,
         "",
         "```json",
         json.dumps(run, indent=2),
@@ -173,6 +222,8 @@ def _worst(preds: list[dict], k: int = 10) -> list[dict]:
 
 
 def confusions(rows: list[dict], answers: dict[str, str | None], out: Path) -> list[Path]:
+    """confusion_coarse.png / confusion_fine.png where gold holds two classes or more: a one-class matrix
+    is a single row whose share is the accuracy already in the table (its file from an earlier run goes)."""
     paths = []
     for qtype, labels in (("coarse", COARSE_LABELS), ("fine", FINE_LABELS)):
         pairs = [
@@ -180,31 +231,36 @@ def confusions(rows: list[dict], answers: dict[str, str | None], out: Path) -> l
             for r in rows
             if classify(r["question"])[0] == qtype and str(r.get("answer", "")).strip()
         ]
-        if pairs:
-            present = [lab for lab in labels if lab in {g for g, _ in pairs}]
-            paths.append(
-                confusion_png(
-                    [g for g, _ in pairs],
-                    [p for _, p in pairs],
-                    present,
-                    f"{qtype} (rows: gold)",
-                    out / f"confusion_{qtype}.png",
-                )
-            )
+        present = [lab for lab in labels if lab in {g for g, _ in pairs}]
+        path = out / f"confusion_{qtype}.png"
+        if len(present) < 2:
+            path.unlink(missing_ok=True)
+            continue
+        title = f"{qtype} (rows: gold)"
+        paths.append(confusion_png([g for g, _ in pairs], [p for _, p in pairs], present, title, path))
     return paths
 
 
-def write_outputs(
+@dataclass
+class Scored:
+    """What a finished eval writes before its run record: submissions, metrics, confusion PNGs."""
+
+    metrics: dict | None
+    files: list[Path]
+    counts: dict
+    worst: list[dict]
+
+
+def score_outputs(
     cfg: EvalConfig,
     rows: list[dict],
     preds: list[dict],
-    settings: dict,
-    run: dict,
     test: bool,
     deliver: tuple[list[dict], list[dict]] | None = None,
-) -> dict:
-    """Submission files (test input; from `deliver`'s rows and predictions when given, else these),
-    metrics.json + confusion PNGs (gold input) and report.md."""
+) -> Scored:
+    """Submission files (test input; from `deliver`'s rows and predictions when given, else these), metrics
+    and confusion PNGs (gold input, unless `cfg.plots` is off). metrics.json and report.md come after, in
+    `write_records`, so the run's time they record includes this work."""
     out = Path(cfg.out)
     answers = {row_id(p): (None if p.get("error") else p["answer"]) for p in preds}
     files = [out / "predictions.jsonl"]
@@ -215,17 +271,27 @@ def write_outputs(
     metrics = None
     if any(str(r.get("answer", "")).strip() for r in rows):
         metrics = score_rows(rows, answers, cfg.label_set)
-        metrics["run"] = run
-        metrics["settings"] = settings
-        files.append(write_json(out / "metrics.json", metrics))
-        files += confusions(rows, answers, out)
+        if cfg.plots:
+            files += confusions(rows, answers, out)
     counts = {
         "n": len(rows),
         "answered": sum(v is not None for v in answers.values()),
         "errors": sum(1 for p in preds if p.get("error")),
     }
-    files.append(write_report_md(out / "report.md", metrics, settings, run, _worst(preds), counts))
-    return {"metrics": metrics, "files": files, "counts": counts, "run": run}
+    return Scored(metrics, files, counts, _worst(preds))
+
+
+def write_records(out: Path, scored: Scored, settings: dict, run: dict, runs: list[dict]) -> dict:
+    """metrics.json (with `run`: the run whose timing the answers have, and every run of these settings)
+    and report.md; the summary the CLI prints from."""
+    files = list(scored.files)
+    if scored.metrics is not None:
+        metrics = {**scored.metrics, "run": run, "runs": runs, "settings": settings}
+        files.insert(1, write_json(out / "metrics.json", metrics))
+    plots = [f.name for f in files if f.suffix == ".png"]
+    md = write_report_md(out / "report.md", scored.metrics, settings, run, scored.worst, scored.counts, plots)
+    files.append(md)
+    return {"metrics": scored.metrics, "files": files, "counts": scored.counts, "run": run, "runs": runs}
 
 
 def plot_training(out: Path, losses: list[tuple[int, float]], evals: list[dict]) -> Path:

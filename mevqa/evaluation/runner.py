@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,20 +23,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
 from tqdm import tqdm
 
-from mevqa import __version__
-from mevqa.backends.base import Answer, Backend, VQARequest, load_backend, oom_error, out_of_memory
+from mevqa import __version__, process_seconds
+from mevqa.backends.base import (
+    Answer,
+    Backend,
+    VQARequest,
+    load_backend,
+    oom_error,
+    out_of_memory,
+    set_threads,
+)
 from mevqa.config import EvalConfig, to_dict
 from mevqa.data.megc import clip_key, is_test_rows, read_jsonl, row_id, write_jsonl
 from mevqa.errors import InputError, MevqaError
 from mevqa.evaluation.parse import ask_coarse, voted
-from mevqa.evaluation.report import write_outputs
+from mevqa.evaluation.report import score_outputs, write_records
 from mevqa.inputs import ClipParts
 from mevqa.io import FolderLock, disk_errors
-from mevqa.models.adapters import adapter_fingerprint
-from mevqa.models.loading import config_hash, pick_device, processing_fingerprint, weights_fingerprint
 from mevqa.prompts import Message, prompt_fingerprint, render_question
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,9 @@ def settings(cfg: EvalConfig, backend: Backend) -> dict[str, Any]:
     """
     m = cfg.model
     local = Path(m.model).exists()
+    if local or m.adapter:  # they import torch and transformers, which a model served by name does not need
+        from mevqa.models.adapters import adapter_fingerprint
+        from mevqa.models.loading import config_hash, processing_fingerprint, weights_fingerprint
     return {
         "model": m.model,
         "model_config_hash": config_hash(m.model, m.trust_remote_code) if local else None,
@@ -306,6 +315,10 @@ class Shard:
     def current(cls, device: str = "auto") -> Shard:
         if int(os.environ.get("WORLD_SIZE", "1")) < 2:
             return cls()
+        from accelerate import PartialState  # only under a launcher: alone, accelerate is ~1 s of imports
+
+        from mevqa.models.loading import pick_device
+
         # starts the process group (gloo on CPU, nccl on GPUs); without cpu=True a CPU run stays 1 process
         state = PartialState(cpu=pick_device(device) == "cpu")
         return cls(state.process_index, state.num_processes)
@@ -324,10 +337,14 @@ class Shard:
         """Under several processes each takes its own GPU (`auto` would put them all on cuda:0)."""
         if self.world < 2 or device != "auto":
             return device
+        from accelerate import PartialState
+
         return str(PartialState().device)
 
     def barrier(self) -> None:
         if self.world > 1:
+            from accelerate import PartialState
+
             PartialState().wait_for_everyone()
 
 
@@ -373,13 +390,15 @@ def run_eval(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any] 
 def _answer_and_write(
     cfg: EvalConfig, backend: Backend | None, shard: Shard, all_rows: list[dict], rows: list[dict]
 ) -> dict[str, Any] | None:
-    t0, out = time.perf_counter(), Path(cfg.out)
+    out = Path(cfg.out)
+    set_threads(cfg.threads)
     model = dataclasses.replace(cfg.model, device=shard.device(cfg.model.device))
+    t0 = time.perf_counter()
     backend = backend or load_backend(model, cfg.server, cfg.vllm)
     sett = settings(cfg, backend)
     fp = fingerprint(sett)
     if shard.main and cfg.overwrite:  # only now: a mistyped --model must not cost the answers on disk
-        for f in prediction_files(out):
+        for f in [*prediction_files(out), out / RUNS]:
             f.unlink(missing_ok=True)
     shard.barrier()
     part = shard.part(out)
@@ -399,9 +418,9 @@ def _answer_and_write(
             compact(out, all_rows)
     if not shard.main:
         return None
-    return write_run_outputs(
-        cfg, rows, out / "predictions.jsonl", fp, sett, _timing(t0, t1, t2, len(pending)), all_rows
-    )
+    timing = {"model_load_seconds": round(t1 - t0, 3), "answering_seconds": round(t2 - t1, 3)}
+    timing["answered"] = len(pending)
+    return write_run_outputs(cfg, rows, out / "predictions.jsonl", fp, sett, timing, all_rows)
 
 
 def compact(out: Path, all_rows: list[dict]) -> list[dict]:
@@ -422,15 +441,41 @@ def compact(out: Path, all_rows: list[dict]) -> list[dict]:
     return preds
 
 
-def _timing(t0: float, t1: float, t2: float, answered: int) -> dict[str, Any]:
-    """Two throughputs, named apart: answering only, and end to end (model load and start-up included)."""
+RUNS = "runs.jsonl"  # one line per finished run of this folder: the timing history metrics.json lists
+
+
+def _timing(timing: dict[str, Any]) -> dict[str, Any]:
+    """Two clocks, named apart: answering alone, and the process since it started (interpreter, imports,
+    model load, answering, scoring, plots), read when the run record is written."""
+    total, answering, n = process_seconds(), timing["answering_seconds"], timing["answered"]
     return {
-        "wall_seconds": round(t2 - t0, 2),
-        "answering_seconds": round(t2 - t1, 2),
-        "answered_this_run": answered,
-        "questions_per_second_answering": round(answered / (t2 - t1), 3) if answered and t2 > t1 else None,
-        "questions_per_second_end_to_end": round(answered / (t2 - t0), 3) if answered and t2 > t0 else None,
+        "process_seconds": round(total, 3),
+        "answering_seconds": answering,
+        "model_load_seconds": timing["model_load_seconds"],
+        "answered_this_run": n,
+        "questions_per_second_answering": round(n / answering, 3) if n and answering > 0 else None,
+        "questions_per_second_process": round(n / total, 3) if n and total > 0 else None,
     }
+
+
+def record_run(out: Path, run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Append `run` to runs.jsonl; returns the run whose timing the answers have (the latest with this
+    fingerprint that answered questions: a rerun that answered nothing does not replace it) and every run
+    with this fingerprint."""
+    path = out / RUNS
+    with disk_errors(path), path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(run) + "\n")
+    runs = [r for r in read_predictions(path) if r.get("fingerprint") == run["fingerprint"]]
+    answering = [r for r in runs if r.get("answered_this_run")]
+    return (answering[-1] if answering else run), runs
+
+
+def _device(spec: Any) -> str:
+    if spec.backend == "openai":  # the model runs where the server is; torch need not be imported for this
+        return "server"
+    from mevqa.models.loading import pick_device
+
+    return pick_device(spec.device)
 
 
 def write_run_outputs(
@@ -443,20 +488,25 @@ def write_run_outputs(
     all_rows: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Metrics and report for this run's questions (answered with the current settings); submission files
-    from every question of the data file answered with them (a `--limit` run does not cut them short)."""
+    from every question of the data file answered with them (a `--limit` run does not cut them short).
+    `timing`: answered (this run's count), answering_seconds and model_load_seconds."""
     current = {row_id(r): r for r in read_predictions(pred_path) if r.get("fingerprint") == fp}
     preds = [current[row_id(r)] for r in rows if row_id(r) in current]
     every = [current[row_id(r)] for r in all_rows or rows if row_id(r) in current]
+    scored = score_outputs(cfg, rows, preds, test=is_test_rows(rows), deliver=(all_rows or rows, every))
+    torch = sys.modules.get("torch")  # threads as torch ran them; a served model's run imports no torch
     run = {
         "mevqa_version": __version__,
         "fingerprint": fp,
         "seed": cfg.seed,
-        "device": pick_device(cfg.model.device),
+        "device": _device(cfg.model),
+        "threads": torch.get_num_threads() if torch else None,
         "python": platform.python_version(),
-        **timing,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **_timing(timing),
         "host": platform.node(),
         "pid": os.getpid(),
     }
-    return write_outputs(
-        cfg, rows, preds, sett, run, test=is_test_rows(rows), deliver=(all_rows or rows, every)
-    )
+    shown, runs = record_run(Path(cfg.out), run)
+    summary = write_records(Path(cfg.out), scored, sett, shown, runs)
+    return {**summary, "this_run": run}
