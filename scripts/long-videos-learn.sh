@@ -19,7 +19,7 @@ cp "$D/test/lvqa.jsonl" "$D/test/me_lvqa_synthme_test_to_answer.jsonl"
 $MEVQA spot --tune --data "$D/annotations_train.csv" --root "$D/videos" --out "$D/results/tune"
 $MEVQA train --config adapters/recipes/tiny_synthme.yaml --data "$D/train/events.jsonl" \
   --eval-data "$D/test/events.jsonl" --root "$D/videos" --model "$BASE" --face crop \
-  --max-steps 1500 --eval-every 500 --save-every 500 --out "$D/lora"
+  --max-steps 1500 --eval-every 500 --save-every 500 --out "$D/lora" --overwrite
 for who in base lora; do
   adapter=(); [ "$who" = lora ] && adapter=(--adapter "$D/lora")
   common=(--root "$D/videos" --model "$BASE" "${adapter[@]}" --face crop --input flow \
