@@ -266,12 +266,8 @@ class Budget:
         with self.cond:
             self.cond.wait_for(lambda: self.used + need <= self.total)
             self.used += need
-        try:
+        with self._given_back(need):
             yield
-        finally:
-            with self.cond:
-                self.used -= need
-                self.cond.notify_all()
 
     @contextlib.contextmanager
     def take(self, need: float, in_use: float, name: str) -> Iterator[None]:
@@ -283,11 +279,18 @@ class Budget:
                     "(--max-disk-mb); try again later"
                 )
             self.used += need
+        with self._given_back(need):
+            yield
+
+    @contextlib.contextmanager
+    def _given_back(self, need: float) -> Iterator[None]:
+        """What `hold` and `take` reserved, released (and any waiter woken) however the work ends."""
         try:
             yield
         finally:
             with self.cond:
                 self.used -= need
+                self.cond.notify_all()
 
 
 class Demo:
