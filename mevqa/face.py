@@ -67,7 +67,7 @@ Box = tuple[float, float, float, float]
 
 
 @functools.cache
-def load_models() -> tuple[Any, Any]:
+def _models() -> tuple[Any, Any]:
     """dlib's HOG detector and 68-point shape predictor (about 75 MB), loaded once per process."""
     try:
         import dlib
@@ -98,7 +98,7 @@ def _rgb(frame: np.ndarray) -> np.ndarray:
 
 def _boxes(frame: np.ndarray, width: int, upsample: int = 0) -> list[Box]:
     """Face boxes (frame pixels) found on the frame shrunk to `width` (never enlarged)."""
-    detector, _ = load_models()
+    detector, _ = _models()
     h, w = frame.shape[:2]
     f = min(1.0, width / w)
     small = (
@@ -135,7 +135,7 @@ def landmarks_in(frame: np.ndarray, box: Box) -> np.ndarray:
         frame: HxWx3 uint8 RGB.
         box: (x0, y0, x1, y1) in frame pixels, as the detector draws it (the predictor was trained on those).
     """
-    _, predictor = load_models()  # first: a missing dlib is one clear InputError
+    _, predictor = _models()  # first: a missing dlib is one clear InputError
     import dlib
 
     frame = _rgb(frame)
@@ -338,7 +338,7 @@ class FaceTracker:
         self._retry = max(1, round(min(cfg.detect_every, _RETRY_S) * fps))
         self._hold_frames = round(cfg.max_gap * fps)
         self._alpha = min(max(cfg.smooth, 0.0), 0.95)  # weight of the past; 1 would freeze the track
-        load_models()  # a missing model is the caller's error now, not a silent None per frame
+        _models()  # a missing model is the caller's error now, not a silent None per frame
 
     def __call__(self, frame: np.ndarray) -> AlignedFace | None:
         idx, self._index = self._index, self._index + 1
@@ -453,7 +453,7 @@ def _continues(raw: np.ndarray, t: _Track, shape: tuple[int, ...]) -> bool:
 def _near(frame: np.ndarray, box: Box) -> list[Box]:
     """Faces in a region around `box`, resized so a face of the box's size fills HOG's window: cheaper than
     a full-frame search and finds small faces without upsampling the whole frame."""
-    detector, _ = load_models()
+    detector, _ = _models()
     side = max(box[2] - box[0], 1.0)
     h, w = frame.shape[:2]
     x0, y0 = max(0, int(box[0] - _ROI * side)), max(0, int(box[1] - _ROI * side))
