@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import cli, make_adapter
+from helpers import cli, make_adapter
 
 from mevqa.backends.base import VQARequest, load_backend
 from mevqa.config import FrameConfig, GenConfig, ModelSpec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import cli
+from helpers import cli
 
 from mevqa.bench import bench_sampling, format_results, run
 

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import cli, eval_cli, make_adapter, run_cli
+from helpers import cli, eval_cli, make_adapter, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

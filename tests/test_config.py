@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli
+from helpers import cli
 
 from mevqa.cli import build_parser
 from mevqa.cli._args import load_settings

@@ -6,7 +6,7 @@ import csv
 from collections import defaultdict
 
 import pytest
-from conftest import cli
+from helpers import cli
 from openpyxl import Workbook
 
 from mevqa.data.convert import convert

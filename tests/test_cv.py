@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import cli
+from helpers import cli
 
 from mevqa.data.megc import read_jsonl, row_id, write_jsonl
 from mevqa.train.cv import split_subjects, subject_of

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import cli
+from helpers import cli
 
 from mevqa.data.megc import (
     clip_key,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, train_args
+from helpers import cli, train_args
 
 from mevqa.data.megc import read_jsonl, row_id
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import yaml
-from conftest import cli, eval_cli
+from helpers import cli, eval_cli
 
 from mevqa.data.megc import read_jsonl, row_id, write_jsonl
 

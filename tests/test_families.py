@@ -7,7 +7,7 @@ from __future__ import annotations
 import bitsandbytes as bnb
 import pytest
 import torch
-from conftest import cli, make_adapter
+from helpers import cli, make_adapter
 from test_train import batch_of, cfg_for
 
 from mevqa.backends.base import load_backend

@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import cli, eval_cli, make_adapter, train_args
+from helpers import cli, eval_cli, make_adapter, train_args
 from PIL import Image
 
 from mevqa.config import EvalConfig, from_dict, safe_yaml

@@ -15,7 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import cli, eval_cli, served_eval_args, train_args
+from helpers import cli, eval_cli, served_eval_args, train_args
 from test_cli_errors import assert_clean_error
 
 from mevqa.backends.base import VQARequest

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import cli
+from helpers import cli
 
 from mevqa.data.megc import read_jsonl
 

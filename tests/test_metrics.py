@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 import sacrebleu
-from conftest import cli
+from helpers import cli
 from rouge_score import rouge_scorer
 from sklearn.metrics import f1_score, recall_score
 

@@ -8,7 +8,7 @@ import json
 import bitsandbytes as bnb
 import pytest
 import torch
-from conftest import cli, eval_cli
+from helpers import cli, eval_cli
 from test_train import batch_of, cfg_for
 
 from mevqa.backends.base import load_backend

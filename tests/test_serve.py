@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import TransformersServer, cli, free_port, make_adapter, served_eval_args
+from helpers import TransformersServer, cli, free_port, make_adapter, served_eval_args
 
 from mevqa.backends.base import VQARequest, load_backend
 from mevqa.config import GenConfig, ModelSpec, ServerSpec

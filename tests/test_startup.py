@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import cli, eval_cli
+from helpers import cli, eval_cli
 from PIL import Image
 
 from mevqa.config import FrameConfig

@@ -8,7 +8,7 @@ import filecmp
 import cv2
 import numpy as np
 import pytest
-from conftest import cli
+from helpers import cli
 
 from mevqa.config import FrameConfig
 from mevqa.data.megc import read_jsonl

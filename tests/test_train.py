@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import cli, has_gpu, train_args
+from helpers import cli, has_gpu, train_args
 
 from mevqa.backends.base import load_backend
 from mevqa.config import ModelSpec, TrainConfig, from_dict

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import sacrebleu
-from conftest import cli, eval_cli
+from helpers import cli, eval_cli
 from rouge_score import rouge_scorer
 
 from mevqa.data.megc import (

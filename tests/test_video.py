@@ -6,7 +6,7 @@ import av
 import decord
 import numpy as np
 import pytest
-from conftest import N_FRAMES, SIZE, clip_frames, write_folder
+from helpers import N_FRAMES, SIZE, clip_frames, write_folder
 from PIL import Image
 
 from mevqa.config import FrameConfig

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli, eval_cli, free_port, make_adapter, served_eval_args, train_args
+from helpers import cli, eval_cli, free_port, make_adapter, served_eval_args, train_args
 
 from mevqa.data.megc import read_jsonl, row_id
 from mevqa.models.loading import config_hash

@@ -10,7 +10,7 @@ part after their first tokens (measured: 16/20 and 17/20 whole answers equal, 19
 from __future__ import annotations
 
 import pytest
-from conftest import make_adapter
+from helpers import make_adapter
 from test_vllm import ENGINE, VLLM_PY, VLLMServer, as_tokens, evaluate
 
 from mevqa.models.loading import config_hash

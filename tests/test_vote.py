@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import cli, eval_cli
+from helpers import cli, eval_cli
 
 from mevqa.data.megc import read_jsonl
 from mevqa.evaluation.parse import vote
