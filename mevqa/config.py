@@ -20,28 +20,36 @@ import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
 
 from mevqa.errors import InputError
 
-SAMPLINGS = ("uniform", "whole", "keyframes", "all")
-INPUT_MODES = ("frames", "video", "oao", "flow", "diff")
-FLOW_METHODS = ("farneback", "tvl1")
-BACKEND_NAMES = ("transformers", "openai", "vllm")
-PROMPT_STRATEGIES = ("plain", "labels", "hierarchical")
-METHODS = ("lora", "qlora", "full")
-FACE_MODES = ("none", "crop")
+# Choices are types: the flag generator and the checks read them, and a type checker sees them
+Sampling = Literal["uniform", "whole", "keyframes", "all"]
+InputMode = Literal["frames", "video", "oao", "flow", "diff"]
+FlowMethod = Literal["farneback", "tvl1"]
+BackendName = Literal["transformers", "openai", "vllm"]
+PromptStrategy = Literal["plain", "labels", "hierarchical"]
+Method = Literal["lora", "qlora", "full"]
+FaceMode = Literal["none", "crop"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+SAMPLINGS: tuple[str, ...] = get_args(Sampling)
+INPUT_MODES: tuple[str, ...] = get_args(InputMode)
+FLOW_METHODS: tuple[str, ...] = get_args(FlowMethod)
+BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
+PROMPT_STRATEGIES: tuple[str, ...] = get_args(PromptStrategy)
+FACE_MODES: tuple[str, ...] = get_args(FaceMode)
 # MEGC questions are under 200 characters; one of 256 KB held the app's model for minutes while every
 # other user waited
 MAX_QUESTION_CHARS = 2000
 
 
 def setting(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
-    """A field with validation rules: `choices=(...)`, `min=N` (inclusive), `above=N` (exclusive),
-    `required=True` (must be non-empty), `requires="field"` (that field of this spec must be non-empty);
-    `aliases=("--old-flag",)` for the CLI. `Settings.__post_init__`
+    """A field with validation rules: `min=N` (inclusive), `above=N` (exclusive), `required=True` (must be
+    non-empty), `requires="field"` (that field of this spec must be non-empty), `pattern=True` (a clip
+    pattern); `aliases=("--old-flag",)` for the CLI. Choices are `Literal` types. `Settings.__post_init__`
     enforces the rules."""
     if isinstance(default, Settings):
         return field(default_factory=lambda: default, metadata=rules)
@@ -56,6 +64,13 @@ class Settings:
     """
 
     FLAG_PREFIX: ClassVar[str] = ""  # e.g. "lora_": LoraSpec.r is the flag --lora-r
+    # The one field a scalar YAML section sets (`model: DIR` is `model: {model: DIR}`); None: a section
+    # must be a mapping, so `gen: 64` is an error rather than whichever field happens to come first
+    SCALAR: ClassVar[str | None] = None
+    # A job's sections of rarely used knobs, each with the fields that keep a flag of their own: the
+    # others come from --config or one `--<section>-args k=v,...` flag (lighteval's split), so the
+    # command's --help stays short. E.g. {"server": ("base_url",)}: --base-url, and --server-args retries=5
+    PACKED: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
@@ -89,6 +104,10 @@ def _check(name: str, value: Any, t: Any, rules: typing.Mapping[str, Any]) -> No
         return
     base = next((a for a in args if a is not type(None)), t) if args and type(None) in args else t
     origin = typing.get_origin(base)
+    if origin is Literal:
+        if value not in typing.get_args(base):
+            raise InputError(f"{name} = {show(value)} — choose one of {', '.join(map(str, get_args(base)))}")
+        return
     if dataclasses.is_dataclass(base):
         ok = isinstance(value, base)
     elif origin is tuple:
@@ -102,8 +121,6 @@ def _check(name: str, value: Any, t: Any, rules: typing.Mapping[str, Any]) -> No
     if not ok:
         want = "a list of strings" if origin is tuple else _type_name(base)
         raise InputError(f"{name} = {show(value)} — expected {want}")
-    if "choices" in rules and value not in rules["choices"]:
-        raise InputError(f"{name} = {show(value)} — choose one of {', '.join(map(str, rules['choices']))}")
     if "min" in rules and value < rules["min"]:
         raise InputError(f"{name} = {show(value)} — must be at least {rules['min']}")
     if "above" in rules and value <= rules["above"]:
@@ -111,9 +128,9 @@ def _check(name: str, value: Any, t: Any, rules: typing.Mapping[str, Any]) -> No
     if rules.get("pattern") and value is not None:
         _check_pattern(name, value)
     if "requires" in rules:  # a spec whose field must be set here: a job needs ModelSpec.model
-        _check(rules["requires"], getattr(value, rules["requires"]), str, {"required": True})
+        _check(f"{name}.{rules['requires']}", getattr(value, rules["requires"]), str, {"required": True})
     if rules.get("required") and not value:
-        raise InputError(f"{name} — required (give --{name.replace('_', '-')} or set it in --config)")
+        raise InputError(f"{name} — required")
 
 
 def _check_pattern(name: str, pattern: str) -> None:
@@ -130,33 +147,47 @@ def _check_pattern(name: str, pattern: str) -> None:
 
 # ---------------------------------------------------------------- the specs
 @dataclass(frozen=True)
-class ModelSpec(Settings):
-    """Which model answers, and how it is loaded.
+class CheckpointSpec(Settings):
+    """Which checkpoint, and how its weights load: what training and answering share.
 
     Attributes:
-        model: model directory or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct); with --backend openai, the
-            served base model's name.
-        adapter: PEFT LoRA adapter folder on top of --model; with --backend openai, the adapter's served
-            name or its folder (served under the folder's name, as `mevqa serve` does).
-        backend: transformers (in this process), openai (an OpenAI-compatible server: vLLM, transformers
-            serve) or vllm (vLLM's engine in this process).
+        model: model folder or Hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct); backend openai: its served name.
         device: cpu, cuda, cuda:1 ... (auto: cuda when available).
-        dtype: auto (bf16 on a GPU, fp32 on CPU), float32, bfloat16 or float16.
+        dtype: weights dtype; auto: bf16 on a GPU, fp32 on CPU.
         trust_remote_code: allow the checkpoint's own Python code.
-        load_in_4bit: load the base in 4-bit (bitsandbytes) to save memory; adapters still apply.
-        quant_type: 4-bit data type, nf4 or fp4 (with --load-in-4bit or --method qlora).
+        quant_type: 4-bit data type, nf4 or fp4 (with load_in_4bit or method qlora).
         double_quant: also quantize the 4-bit scales (about 0.4 bit per weight less).
     """
 
+    SCALAR: ClassVar[str | None] = "model"
     model: str = setting("")
-    adapter: str | None = None
-    backend: str = setting("transformers", choices=BACKEND_NAMES)
     device: str = "auto"
-    dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: Dtype = "auto"
     trust_remote_code: bool = False
-    load_in_4bit: bool = False
-    quant_type: str = setting("nf4", choices=("nf4", "fp4"))
+    quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
+
+
+@dataclass(frozen=True)
+class ModelSpec(CheckpointSpec):
+    """A checkpoint and how it answers: in this process, through a server, with an adapter, in 4-bit.
+
+    Attributes:
+        adapter: PEFT LoRA adapter folder; with backend openai, its served name or its folder.
+        backend: transformers (in this process), openai (a server: vLLM, transformers serve) or vllm
+            (vLLM's engine in this process).
+        load_in_4bit: load the base in 4-bit (bitsandbytes) to save memory; adapters still apply.
+    """
+
+    adapter: str | None = None
+    backend: BackendName = "transformers"
+    load_in_4bit: bool = False
+
+    @classmethod
+    def of(cls, checkpoint: CheckpointSpec, **inference: Any) -> ModelSpec:
+        """`checkpoint` answering with the given inference settings (adapter, backend, load_in_4bit)."""
+        shared = {f.name: getattr(checkpoint, f.name) for f in dataclasses.fields(CheckpointSpec)}
+        return cls(**shared, **inference)
 
 
 @dataclass(frozen=True)
@@ -177,8 +208,8 @@ class ServerSpec(Settings):
     api_key: str | None = None
     concurrency: int = setting(4, min=1)
     retries: int = setting(3, min=0)
-    image_format: str = setting("png", choices=("png", "jpeg"))
-    video_as: str = setting("frames", choices=("frames", "video_url"))
+    image_format: Literal["png", "jpeg"] = "png"
+    video_as: Literal["frames", "video_url"] = "frames"
     timeout: float = setting(120.0, above=0)
 
 
@@ -214,8 +245,8 @@ class FaceConfig(Settings):
     """How a face is found, tracked and aligned in a video (mevqa/face.py: dlib's detector + 68 landmarks).
 
     Attributes:
-        mode: crop (find, align and crop the face first: for uncropped videos) or none (the clip is
-            already a face crop, as the MEGC datasets ship them).
+        mode: crop (find, align and crop the face first: uncropped videos) or none (a face crop already,
+            as the MEGC datasets ship clips).
         size: side of the aligned square face crop, in pixels.
         eye_distance: distance between the eye centres in the crop, as a share of its side.
         detect_every: seconds between full detections (landmarks follow the face in between).
@@ -225,7 +256,7 @@ class FaceConfig(Settings):
     """
 
     FLAG_PREFIX: ClassVar[str] = "face_"
-    mode: str = setting("none", choices=FACE_MODES, aliases=("--face",))
+    mode: FaceMode = setting("none", aliases=("--face",))
     size: int = setting(224, min=32)
     eye_distance: float = setting(0.36, above=0)
     detect_every: float = setting(1.0, above=0)
@@ -275,12 +306,11 @@ class FrameConfig(Settings):
 
     Attributes:
         frames: how many frames uniform (and whole) sampling takes.
-        sampling: uniform (evenly spaced between the row's onset and offset when it has them, else over
-            the whole clip), whole (evenly spaced over the whole clip, onset and offset ignored: what
-            harnesses that sample the full video see), keyframes (onset/apex/offset) or all (every frame
-            between onset and offset, or of the clip, up to --max-frames).
+        sampling: uniform (evenly spaced between the row's onset and offset, or over the clip without
+            them), whole (over the whole clip, onset and offset ignored, as other harnesses sample),
+            keyframes (onset/apex/offset) or all (every frame, up to max_frames).
         input: frames (N images), video (one video part), oao (onset/apex/offset images), flow
-            (optical-flow image onset -> apex) or diff (apex - onset); see inputs.py.
+            (optical-flow image onset -> apex) or diff (apex - onset).
         max_frames: cap for --sampling all.
         folder_fps: frame rate of a frame folder (CASME II and SAMM were filmed at 200 fps).
         video_fps: the frame rate the *model* is told for a video part. Qwen2.5-VL spaces temporal ids
@@ -291,13 +321,13 @@ class FrameConfig(Settings):
     """
 
     frames: int = setting(8, min=1)
-    sampling: str = setting("uniform", choices=SAMPLINGS)
-    input: str = setting("frames", choices=INPUT_MODES)
+    sampling: Sampling = "uniform"
+    input: InputMode = "frames"
     max_frames: int = setting(64, min=1)
     folder_fps: float = setting(200.0, above=0, aliases=("--fps",))
     video_fps: float = setting(2.0, above=0)
     flow_with_oao: bool = False
-    flow_method: str = setting("farneback", choices=FLOW_METHODS)
+    flow_method: FlowMethod = "farneback"
     face: FaceConfig = setting(FaceConfig())
 
 
@@ -348,23 +378,35 @@ class LoraSpec(Settings):
 
 
 # ---------------------------------------------------------------- the jobs
+# What the answering commands (ask, chat, eval, app) take from --config or `--<section>-args k=v,...`
+# rather than flags of their own: server and vLLM engine knobs, the face tracker's, 4-bit details
+ANSWERING_PACKED: dict[str, tuple[str, ...]] = {
+    "model": ("model", "adapter", "backend", "device", "dtype", "trust_remote_code", "load_in_4bit"),
+    "server": ("base_url",),
+    "vllm": (),
+    "frames": ("frames", "sampling", "input", "folder_fps", "flow_with_oao", "face"),
+    "frames.face": ("mode",),
+    "gen": ("max_new_tokens", "do_sample", "temperature", "samples"),
+}
+
+
 @dataclass(frozen=True)
 class AskConfig(Settings):
     """`mevqa ask` and `mevqa chat`: one clip, one model.
 
     Attributes:
-        onset: onset frame number (the file number in a folder, the 0-based index in a video).
-        apex: apex frame number (estimated as the frame farthest from onset when not given).
-        offset: offset frame number.
-        prompt: plain, labels (append the label set) or hierarchical (coarse first; the rest given it).
-        event: ask about the N-th expression event `mevqa spot` finds in the video (1 = the first in
-            time); its onset, apex and offset replace --onset/--apex/--offset.
-        spot_recipe: spotter settings for --event (the spot_recipe.yaml of `mevqa spot --tune`).
-        seed: random seed for sampled answers (--samples, --do-sample).
-        threads: torch CPU threads (default: torch's own, one per core).
-        max_question_chars: longest question accepted, in characters.
+        onset: onset frame (a folder's file number; a video's index).
+        apex: apex frame (default: the frame farthest from onset).
+        offset: offset frame.
+        prompt: plain, labels (the label set appended) or hierarchical (coarse first, then given).
+        event: ask about the N-th event `mevqa spot` finds (1 = the first): its onset, apex, offset.
+        spot_recipe: spotter settings for event (the spot_recipe.yaml of `mevqa spot --tune`).
+        seed: seed for sampled answers.
+        threads: torch CPU threads (default: one per core).
+        max_question_chars: longest question accepted (characters).
     """
 
+    PACKED: ClassVar[dict[str, tuple[str, ...]]] = ANSWERING_PACKED
     model: ModelSpec = setting(ModelSpec(), requires="model")
     frames: FrameConfig = setting(FrameConfig())
     gen: GenConfig = setting(GenConfig())
@@ -373,12 +415,39 @@ class AskConfig(Settings):
     onset: int | None = setting(None, min=0)
     apex: int | None = setting(None, min=0)
     offset: int | None = setting(None, min=0)
-    prompt: str = setting("plain", choices=PROMPT_STRATEGIES)
+    prompt: PromptStrategy = "plain"
     event: int | None = setting(None, min=1)
     spot_recipe: str | None = None
     seed: int = 0
     threads: int | None = setting(None, min=1)
     max_question_chars: int = setting(MAX_QUESTION_CHARS, min=1)
+
+
+@dataclass(frozen=True)
+class UploadLimits(Settings):
+    """What the users of `mevqa app` may cost it (the model settings are an AskConfig). A real ME clip is a
+    few hundred frames of at most ~2k x 1k pixels.
+
+    Attributes:
+        max_upload_mb: the largest upload, in MB.
+        max_unpacked_mb: a zip's frames uncompressed, in total, in MB.
+        max_members: frames in a zip.
+        max_side: a frame's width or height, in pixels.
+        max_video_frames: frames in a video.
+        max_disk_mb: every session's uploads and Gradio's cache together, in MB.
+        idle_minutes: a session untouched this long loses its uploads (API clients never say they left).
+        decode_megapixels: frame pixels decoded at once over all users; a clip above it decodes alone.
+    """
+
+    max_upload_mb: float = setting(50.0, above=0)
+    max_unpacked_mb: float = setting(500.0, above=0)
+    max_members: int = setting(2000, min=1)
+    max_side: int = setting(4096, min=1)
+    max_video_frames: int = setting(20000, min=1)
+    max_disk_mb: float = setting(4096.0, above=0)
+    idle_minutes: float = setting(30.0, above=0)
+    # one 16-frame 4096x4096 clip (+ its 3 flow frames) took ~3 GB while decoding; four at once killed the app
+    decode_megapixels: float = setting(4096 * 4096 * 19 / 1e6, above=0)
 
 
 @dataclass(frozen=True)
@@ -408,7 +477,22 @@ class SpotJob(Settings):
 
 
 @dataclass(frozen=True)
-class EvalConfig(Settings):
+class DataSpec(Settings):
+    """Where the questions and their clips are: what eval, train and `data validate` share.
+
+    Attributes:
+        data: MEGC-style JSONL of questions (with answers to train on or score against, or a test file).
+        root: folder holding the clips.
+        clip_pattern: clip path under root, e.g. {dataset}/{subject}/{filename} or videos/{image_id}.mp4.
+    """
+
+    data: str = setting("", required=True)
+    root: str | None = None
+    clip_pattern: str | None = setting(None, pattern=True)
+
+
+@dataclass(frozen=True)
+class EvalConfig(DataSpec):
     """`mevqa eval`: answer every question of a MEGC file, resumably, and score it.
 
     Attributes:
@@ -417,8 +501,6 @@ class EvalConfig(Settings):
             the AUs of each event; counts, AU inventory, event types). See eval/PROTOCOL.md.
         data: MEGC JSONL (train-style with answers, or a test file to answer); with --task str a sheet.
         out: output folder (predictions, metrics, report, submission files).
-        root: folder holding the clips.
-        clip_pattern: clip path under --root, e.g. {dataset}/{subject}/{filename} or videos/{image_id}.mp4.
         prompt: plain, labels (append the label set) or hierarchical (coarse first; the rest given it).
         batch_size: questions per batch (whole clips; a clip's questions stay together).
         limit: only the first N questions (the answers already in --out for other questions are kept).
@@ -432,20 +514,18 @@ class EvalConfig(Settings):
         plots: confusion-matrix PNGs (coarse, fine) where the gold answers hold two classes or more.
     """
 
-    task: str = setting("vqa", choices=("vqa", "str", "lvqa"))
-    data: str = setting("", required=True)
+    PACKED: ClassVar[dict[str, tuple[str, ...]]] = ANSWERING_PACKED
+    task: Literal["vqa", "str", "lvqa"] = "vqa"
     out: str = setting("", required=True)
     model: ModelSpec = setting(ModelSpec(), requires="model")
     frames: FrameConfig = setting(FrameConfig())
     gen: GenConfig = setting(GenConfig())
     server: ServerSpec = setting(ServerSpec())
     vllm: VLLMSpec = setting(VLLMSpec())
-    root: str | None = None
-    clip_pattern: str | None = setting(None, pattern=True)
-    prompt: str = setting("plain", choices=PROMPT_STRATEGIES)
+    prompt: PromptStrategy = "plain"
     batch_size: int = setting(8, min=1)
     limit: int | None = setting(None, min=1)
-    label_set: str = setting("gt", choices=("gt", "union"))
+    label_set: Literal["gt", "union"] = "gt"
     seed: int = 0
     reuse: bool = True
     overwrite: bool = False
@@ -456,15 +536,13 @@ class EvalConfig(Settings):
 
 
 @dataclass(frozen=True)
-class TrainConfig(Settings):
+class TrainConfig(DataSpec):
     """`mevqa train`: a recipe; `adapters/recipes/*.yaml` use the same keys.
 
     Attributes:
         data: training JSONL (rows with answers).
         out: adapter folder to write, e.g. adapters/my-lora.
-        root: folder holding the clips.
         eval_data: held-out JSONL, scored after every epoch (or every --eval-every steps).
-        clip_pattern: clip path under --root, e.g. {dataset}/{subject}/{filename}.
         prompt: plain, labels or hierarchical (trained with the gold coarse class as the hint).
         method: lora, qlora (4-bit base, bitsandbytes) or full (every weight; small models).
         question_types: train only on these question types (coarse, fine, au_list, ...).
@@ -487,17 +565,14 @@ class TrainConfig(Settings):
         report_to: experiment tracker: tensorboard (into --out/runs), wandb or none.
     """
 
-    data: str = setting("", required=True)
     out: str = setting("", required=True)
-    model: ModelSpec = setting(ModelSpec(), requires="model")
+    model: CheckpointSpec = setting(CheckpointSpec(), requires="model")
     frames: FrameConfig = setting(FrameConfig())
     gen: GenConfig = setting(GenConfig())
     lora: LoraSpec = setting(LoraSpec())
-    root: str | None = None
     eval_data: str | None = None
-    clip_pattern: str | None = setting(None, pattern=True)
-    prompt: str = setting("plain", choices=PROMPT_STRATEGIES)
-    method: str = setting("lora", choices=METHODS)
+    prompt: PromptStrategy = "plain"
+    method: Method = "lora"
     question_types: tuple[str, ...] | None = None
     lr: float = setting(1e-4, above=0)
     epochs: float = setting(3.0, above=0)
@@ -515,41 +590,43 @@ class TrainConfig(Settings):
     eval_every: int | None = setting(None, min=1)
     resume: bool = False
     overwrite: bool = False
-    report_to: str = setting("tensorboard", choices=("tensorboard", "wandb", "none"))
+    report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.model.adapter or self.model.backend != "transformers" or self.model.load_in_4bit:
-            raise InputError(
-                "model.adapter / model.backend / model.load_in_4bit — not training settings: train takes a "
-                "base --model in this process (for a 4-bit base use --method qlora)"
-            )
-
-    def eval_config(self, data: str = "-", out: str = "-") -> EvalConfig:
-        """The eval settings that answer like this recipe (held-out scoring, cross-validation)."""
+    def eval_config(self, data: str = "-", out: str = "-", **inference: Any) -> EvalConfig:
+        """The eval settings that answer like this recipe (held-out scoring, cross-validation), with the
+        checkpoint's inference settings (`adapter=...`)."""
         return EvalConfig(
             data=data,
             out=out,
-            model=self.model,
-            frames=self.frames,
-            gen=self.gen,
             root=self.root,
             clip_pattern=self.clip_pattern,
+            model=ModelSpec.of(self.model, **inference),
+            frames=self.frames,
+            gen=self.gen,
             prompt=self.prompt,
             seed=self.seed,
         )
 
 
+# TrainConfig settings that `mevqa cv` decides per fold: not its flags (a YAML recipe's are overridden)
+CV_PER_FOLD = ("eval_data", "eval_every", "eval_limit", "resume", "overwrite")
+
+
 @dataclass(frozen=True)
-class CVConfig(TrainConfig):
-    """`mevqa cv`: subject-independent cross-validation with a training recipe (the same keys as train).
+class CVConfig(Settings):
+    """`mevqa cv`: subject-independent cross-validation with a training recipe.
 
     Attributes:
+        train: the training recipe of every fold (its data: the whole labelled set; its out: the
+            cross-validation folder). Each fold trains on the other subjects and is scored on its own, so
+            eval_data, eval_every, eval_limit, resume and overwrite are decided per fold; a finished fold
+            is kept on a rerun.
         folds: loso (leave one subject out) or N (subject-grouped k-fold, balanced by question count).
         fold_seed: seed of the split (written to folds.json and reused on every rerun).
         eval_batch_size: questions per batch when a fold's held-out subjects are answered.
     """
 
+    train: TrainConfig
     folds: str = "5"
     fold_seed: int = 0
     eval_batch_size: int = setting(8, min=1)
@@ -559,6 +636,16 @@ class CVConfig(TrainConfig):
         if self.folds != "loso" and not (self.folds.isdigit() and int(self.folds) >= 2):
             raise InputError(f"folds = {self.folds!r} — use loso or a number of folds of at least 2")
 
+    @staticmethod
+    def nest(values: dict[str, Any]) -> dict[str, Any]:
+        """A flat training recipe (`adapters/recipes/*.yaml`) as cv settings: its keys go under `train`."""
+        if "train" in values:
+            return values
+        own = {f.name for f in dataclasses.fields(CVConfig)}
+        return {k: v for k, v in values.items() if k in own} | {
+            "train": {k: v for k, v in values.items() if k not in own}
+        }
+
 
 # ---------------------------------------------------------------- dicts and YAML
 T = TypeVar("T")
@@ -567,12 +654,11 @@ T = TypeVar("T")
 def from_dict(cls: type[T], values: Any, source: str = "config", path: str = "") -> T:
     """Build `cls` from nested `values`, naming any unknown key or bad value (with its YAML path).
 
-    A section given as a scalar sets its first field: `model: DIR` is `model: {model: DIR}`, and
-    `frames: 8` is `frames: {frames: 8}`.
+    A section is a mapping; the one exception is a spec's `SCALAR` field: `model: DIR` is
+    `model: {model: DIR}`.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    if not isinstance(values, dict):
-        values = {next(iter(fields)): values}
+    values = _section(cls, values, source, path)
     odd = [k for k in values if not isinstance(k, str)]  # YAML `1:` or `~:` keys are ints and None
     if odd:
         raise InputError(
@@ -619,13 +705,24 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _section(cls: type, values: Any, source: str, path: str) -> Any:
+    """`values` as the mapping of section `cls` (a scalar only where the spec names its SCALAR field)."""
+    if isinstance(values, dict):
+        return values
+    if getattr(cls, "SCALAR", None):
+        return {cls.SCALAR: values}  # type: ignore[attr-defined]
+    keys = ", ".join(f.name for f in dataclasses.fields(cls))
+    where = path.rstrip(".") or "settings"
+    raise InputError(f"{source}: {where} = {show(values)} — a section of settings: give a mapping of {keys}")
+
+
 def expand(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Scalar sections written out as mappings (`model: DIR` -> `model: {model: DIR}`), for `merge`."""
     out = dict(values)
     for k, v in values.items():
         t = hints(cls).get(k)
-        if t is not None and dataclasses.is_dataclass(t):
-            out[k] = expand(t, v if isinstance(v, dict) else {dataclasses.fields(t)[0].name: v})
+        if t is not None and dataclasses.is_dataclass(t) and (isinstance(v, dict) or t.SCALAR):
+            out[k] = expand(t, v if isinstance(v, dict) else {t.SCALAR: v})
     return out
 
 
@@ -679,12 +776,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+@functools.cache
 def attribute_docs(cls: type) -> dict[str, str]:
-    """`name: text` entries of the class docstring's `Attributes:` section (the flags' help)."""
-    doc = (cls.__doc__ or "").split("Attributes:", 1)
+    """`name: text` entries of the `Attributes:` sections of `cls` and its bases (the flags' help); a class
+    documents a field again to say more about it in its own job."""
+    out: dict[str, str] = {}
+    for c in reversed(cls.__mro__):
+        out |= _own_docs(c.__dict__.get("__doc__"))
+    return out
+
+
+def _own_docs(doc: str | None) -> dict[str, str]:
+    parts = (doc or "").split("Attributes:", 1)
     out: dict[str, str] = {}
     name = None
-    for line in doc[1].splitlines() if len(doc) > 1 else []:
+    for line in parts[1].splitlines() if len(parts) > 1 else []:
         m = re.match(r"^\s{8}(\w+): (.*)$", line)
         if m:
             name = m.group(1)

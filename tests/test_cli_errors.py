@@ -152,7 +152,7 @@ def _cases(d, clips, tiny_qwen, synthme):
         ([*ev, "--clip-pattern", "frames/{image_id"], "clip_pattern"),
         ([*tr, "--epochs", "0"], "epochs"),
         ([*tr, "--lr", "-1"], "lr"),
-        ([*tr, "--lora-r", "0"], "r = 0"),
+        ([*tr, "--lora-r", "0"], "lora.r (--lora-r) = 0"),
         (
             [
                 "data",
@@ -309,6 +309,7 @@ def test_config_accepts_or_names_the_key(values):
         assert str(e).startswith("c.yaml: ")
 
 
+@pytest.mark.slow  # a fresh process
 def test_output_into_a_closed_pipe_is_no_traceback(megc_dir):
     """`mevqa ... | head`: the reader leaves early; the writer ends quietly (no BrokenPipeError trace)."""
     import os

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from helpers import cli, eval_cli
 from PIL import Image
 
@@ -79,6 +80,7 @@ def test_commands_load_only_what_they_use(synthme, tiny_qwen, tmp_path):
     assert not mods & {"peft", "sklearn", "matplotlib", "vllm", "langchain_core", "nltk", "sacrebleu"}, mods
 
 
+@pytest.mark.slow  # a fresh process
 def test_scoring_hides_scipy_and_sklearn_only_while_nltk_imports():
     code = (
         "import sys; from mevqa.evaluation.metrics import rouge1; assert rouge1(['raised brows'], ['brow']);"
@@ -88,6 +90,7 @@ def test_scoring_hides_scipy_and_sklearn_only_while_nltk_imports():
     assert r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+@pytest.mark.slow  # a fresh process
 def test_process_seconds_count_from_the_process_start():
     """The interpreter's own start-up and the imports before mevqa's are in it (a sleep stands for them)."""
     code = "import time; time.sleep(0.6); import mevqa; print(mevqa.process_seconds())"
@@ -176,7 +179,10 @@ def test_uniform_is_onset_to_offset_and_whole_is_the_clip(clips):
     assert inside == [10, 13, 17, 20]
     assert select(clip, FrameConfig(frames=4, sampling="whole"), onset=11, offset=21) == [0, 16, 31, 47]
     text = " ".join(cli("eval", "--help").stdout.split())
-    assert "between the row's onset and offset" in text and "whole (evenly spaced over the whole clip" in text
+    assert (
+        "between the row's onset and offset" in text
+        and "whole (over the whole clip, onset and offset ignored" in text
+    )
 
 
 def test_bench_startup_runs(tiny_qwen, tmp_path):

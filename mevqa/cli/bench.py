@@ -65,6 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
             "gpu",
             "all",
         ),
+        help="which benchmark (see above)",
     )
     p.add_argument(
         "--shape",

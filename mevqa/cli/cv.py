@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 
 from mevqa.cli._args import add_settings, load_settings
-from mevqa.cli.train import TRAIN_SKIP
-from mevqa.config import CVConfig
+from mevqa.config import CV_PER_FOLD, CVConfig
 
 
 def cmd_cv(a: argparse.Namespace) -> int:
     from mevqa.evaluation.report import format_table
     from mevqa.train.cv import FOLD_KEYS, cross_validate
 
-    summary = cross_validate(load_settings(a, CVConfig, "cv"))
+    summary = cross_validate(load_settings(a, CVConfig, "cv", nest=CVConfig.nest))
     if summary is None:  # another process of a multi-process run
         return 0
     m = summary["metrics"]
@@ -30,12 +29,15 @@ def cmd_cv(a: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "cv",
+        usage="mevqa cv --data FILE --out DIR --model MODEL [--folds loso|N] [options]",
         parents=[common],
         help="subject-independent cross-validation: train and answer per fold, score pooled",
         description="Folds by subject (loso, or N groups balanced by question count; folds.json). Per fold: "
         "`train` on the other subjects, `eval` on the held-out ones; then every fold's predictions scored "
         "together (the composite protocol) and per fold. Resumable; works under `accelerate launch`.",
     )
-    p.add_argument("--config", help="training recipe YAML (adapters/recipes/*.yaml)")
-    add_settings(p, CVConfig, skip=TRAIN_SKIP)
+    p.add_argument(
+        "--config", help="training recipe YAML (adapters/recipes/*.yaml); may also set folds, fold_seed"
+    )
+    add_settings(p, CVConfig, skip=tuple(f"train.{k}" for k in CV_PER_FOLD))
     p.set_defaults(func=cmd_cv)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mevqa.cli._args import add_settings, load_settings
+from mevqa.config import DataSpec
 from mevqa.errors import InputError
 
 
@@ -68,8 +70,9 @@ def _print_list(title: str, items: list[str], limit: int = 10) -> None:
 def cmd_validate(a: argparse.Namespace) -> int:
     from mevqa.data.megc import read_jsonl, validate
 
-    rows = read_jsonl(a.file)
-    v = validate(rows, a.root, a.clip_pattern)
+    spec = load_settings(a, DataSpec, "data validate", lambda _: {"data": a.file})
+    rows = read_jsonl(spec.data)
+    v = validate(rows, spec.root, spec.clip_pattern)
     datasets = sorted({d for d, _ in v.counts})
     types = sorted({t for _, t in v.counts})
     print(f"{a.file}: {len(rows)} rows, {v.clips} clips")
@@ -79,10 +82,10 @@ def cmd_validate(a: argparse.Namespace) -> int:
     _print_list("duplicate ids", v.duplicate_ids)
     _print_list("unknown question templates", v.unknown_questions)
     _print_list("answers outside the label sets", v.bad_answers)
-    _print_list(f"clips missing under {a.root}", v.missing_clips)
+    _print_list(f"clips missing under {spec.root}", v.missing_clips)
     if not v.ok:
         raise InputError(f"{a.file} — invalid (see above)")
-    print("valid" + ("" if a.root else " (clips not checked: pass --root)"))
+    print("valid" + ("" if spec.root else " (clips not checked: pass --root)"))
     return 0
 
 
@@ -185,10 +188,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "validate", parents=[common], help="check a MEGC JSONL file (templates, labels, ids, clips)"
     )
     p.add_argument("file", help="train or test JSONL")
-    p.add_argument("--root", help="clip folder: also check every row's clip exists")
-    p.add_argument("--clip-pattern", help="clip path under --root, e.g. {dataset}/{subject}/{filename}")
+    add_settings(p, DataSpec, skip=("data",))  # with --root, every row's clip is checked too
     p.set_defaults(func=cmd_validate)
 
     p = data.add_parser("stats", parents=[common], help="label distributions of a MEGC JSONL file")
-    p.add_argument("file")
+    p.add_argument("file", help="MEGC JSONL (train or test)")
     p.set_defaults(func=cmd_stats)

@@ -8,12 +8,13 @@ from collections import Counter
 from pathlib import Path
 
 from mevqa import process_seconds
-from mevqa.cli._args import adapter_defaults, add_settings, load_settings
+from mevqa.cli._args import add_settings, load_settings
 from mevqa.config import EvalConfig
 from mevqa.errors import InputError
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
+    from mevqa.backends.base import adapter_defaults
     from mevqa.evaluation.report import format_table
     from mevqa.evaluation.runner import run_eval
 
@@ -126,6 +127,7 @@ def cmd_score(a: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "eval",
+        usage="mevqa eval --data FILE --out DIR --model MODEL [options]",
         parents=[common],
         help="answer a MEGC file with a model; predictions, metrics, report",
         description="Batch evaluation, resumable: rerunning skips questions already answered with the same "

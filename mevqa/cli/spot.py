@@ -42,6 +42,7 @@ def cmd_spot(a: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "spot",
+        usage="mevqa spot VIDEO|FOLDER... --out DIR [options]",
         parents=[common],
         help="find expression intervals (onset, apex, offset; micro/macro) in long videos",
         description="Track and align the face, measure optical flow in the landmark regions between frames "

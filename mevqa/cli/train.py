@@ -10,9 +10,6 @@ from mevqa.config import TrainConfig
 from mevqa.errors import InputError
 from mevqa.io import write_failure
 
-# model settings that are not training settings (train loads a base in this process; qlora is a --method)
-TRAIN_SKIP = ("model.adapter", "model.backend", "model.load_in_4bit")
-
 
 def cmd_train(a: argparse.Namespace) -> int:
     from mevqa.train.loop import train
@@ -44,11 +41,12 @@ def cmd_train(a: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "train",
+        usage="mevqa train --data FILE --out DIR --model MODEL [options]",
         parents=[common],
         help="fine-tune a LoRA adapter (or QLoRA / full) on MEGC-style QA",
         description="Loss on answer tokens only; LoRA on the language model by default (what vLLM serves). "
         "Several GPUs or processes: accelerate launch -m mevqa train ...",
     )
     p.add_argument("--config", help="recipe YAML (adapters/recipes/*.yaml), nested like the settings below")
-    add_settings(p, TrainConfig, skip=TRAIN_SKIP)
+    add_settings(p, TrainConfig)
     p.set_defaults(func=cmd_train)

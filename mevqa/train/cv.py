@@ -64,7 +64,7 @@ def split_subjects(rows: list[dict], folds: str, seed: int) -> list[list[str]]:
 def plan_folds(cfg: CVConfig, rows: list[dict], out: Path) -> list[list[str]]:
     """folds.json: written once (with its seed and the data's hash), then reused on every rerun."""
     path = out / "folds.json"
-    data_hash = hash_file(Path(cfg.data))
+    data_hash = hash_file(Path(cfg.train.data))
     if path.exists():
         saved = json.loads(path.read_text())
         if (saved["folds_arg"], saved["seed"], saved["data_hash"]) != (cfg.folds, cfg.fold_seed, data_hash):
@@ -77,11 +77,11 @@ def plan_folds(cfg: CVConfig, rows: list[dict], out: Path) -> list[list[str]]:
     record = {
         "folds_arg": cfg.folds,
         "seed": cfg.fold_seed,
-        "data": cfg.data,
+        "data": cfg.train.data,
         "data_hash": data_hash,
         "folds": folds,
     }
-    if Shard.current(cfg.model.device).main:
+    if Shard.current(cfg.train.model.device).main:
         atomic_write(path, json.dumps(record, indent=1) + "\n")
     return folds
 
@@ -95,7 +95,7 @@ def _fold_data(rows: list[dict], held: list[str], folder: Path) -> tuple[Path, P
 
 def run_fold(cfg: CVConfig, rows: list[dict], held: list[str], folder: Path) -> None:
     """Train (or resume) this fold's adapter on the other subjects, then answer its held-out subjects."""
-    shard = Shard.current(cfg.model.device)
+    shard = Shard.current(cfg.train.model.device)
     if shard.main and not (folder / "test.jsonl").exists():
         _fold_data(rows, held, folder)
     shard.barrier()
@@ -103,7 +103,7 @@ def run_fold(cfg: CVConfig, rows: list[dict], held: list[str], folder: Path) -> 
     if not (adapter / "mevqa.yaml").exists():  # written last: a fold killed while saving trains again
         resume = (adapter / "checkpoints").exists()
         train_cfg = dataclasses.replace(
-            cfg,
+            cfg.train,
             data=str(folder / "train.jsonl"),
             out=str(adapter),
             eval_data=None,
@@ -112,11 +112,8 @@ def run_fold(cfg: CVConfig, rows: list[dict], held: list[str], folder: Path) -> 
         )
         train(train_cfg)
         shard.barrier()
-    ecfg = cfg.eval_config(str(folder / "test.jsonl"), str(folder / "eval"))
-    ecfg = dataclasses.replace(
-        ecfg, model=dataclasses.replace(ecfg.model, adapter=str(adapter)), batch_size=cfg.eval_batch_size
-    )
-    run_eval(ecfg)
+    held_out = cfg.train.eval_config(str(folder / "test.jsonl"), str(folder / "eval"), adapter=str(adapter))
+    run_eval(dataclasses.replace(held_out, batch_size=cfg.eval_batch_size))
     shard.barrier()
 
 
@@ -126,12 +123,12 @@ def _done(folder: Path) -> bool:
 
 def cross_validate(cfg: CVConfig) -> dict[str, Any] | None:
     """Every fold, then the pooled score; returns the summary (None in the non-main processes)."""
-    out = Path(cfg.out)
-    rows = [r for r in read_jsonl(cfg.data) if str(r.get("answer", "")).strip()]
+    out = Path(cfg.train.out)
+    rows = [r for r in read_jsonl(cfg.train.data) if str(r.get("answer", "")).strip()]
     if not rows:
-        raise InputError(f"--data {cfg.data} — no rows with answers")
+        raise InputError(f"train.data {cfg.train.data} — no rows with answers")
     folds = plan_folds(cfg, rows, out)
-    main = Shard.current(cfg.model.device).main
+    main = Shard.current(cfg.train.model.device).main
     for k, held in enumerate(tqdm(folds, desc="folds", unit="fold", disable=not main), start=1):
         folder = out / f"fold-{k}"
         if _done(folder):

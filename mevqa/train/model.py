@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from mevqa.config import TrainConfig
+from mevqa.config import ModelSpec, TrainConfig
 from mevqa.errors import ModelError
 from mevqa.models import families
 from mevqa.models.loading import load_model
@@ -43,7 +43,7 @@ def build_model(cfg: TrainConfig, device: str) -> torch.nn.Module:
     """The base model with LoRA adapters attached (on a 4-bit base for qlora), or fully trainable."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    spec = dataclasses.replace(cfg.model, device=device, load_in_4bit=cfg.method == "qlora")
+    spec = ModelSpec.of(dataclasses.replace(cfg.model, device=device), load_in_4bit=cfg.method == "qlora")
     model = load_model(spec)
     if cfg.method == "qlora":
         # casts norms to fp32 and enables input grads; checkpointing is ours to switch on below
