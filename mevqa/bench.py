@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from mevqa.errors import InputError, MissingDependency
 from mevqa.evaluation.runner import Answerer, answer_rows, batches_of
 from mevqa.facs import REGION_ROWS, REGIONS
 from mevqa.inputs import flow_field, load_clip, region_motion
-from mevqa.io import atomic_write
+from mevqa.io import atomic_write, write_mp4
 from mevqa.models.tiny import build_tiny
 from mevqa.prompts import classify
 from mevqa.video import open_clip, sample
@@ -61,13 +61,14 @@ def timeit(fn: Callable[[], Any], repeat: int = 3) -> float:
 def make_video(path: Path, seconds: float = 2.0, fps: int = 200, size: tuple[int, int] = (640, 480)) -> Path:
     rng = np.random.default_rng(0)
     base = cv2.GaussianBlur(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), (9, 9), 0)
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for i in range(int(seconds * fps)):
-        f = np.roll(base, i % 7, axis=1)
-        cv2.circle(f, (size[0] // 2, size[1] // 2), 20 + i % 30, (0, 0, 255), -1)
-        w.write(f)
-    w.release()
-    return path
+
+    def frames() -> Iterator[np.ndarray]:
+        for i in range(int(seconds * fps)):
+            f = np.roll(base, i % 7, axis=1)
+            cv2.circle(f, (size[0] // 2, size[1] // 2), 20 + i % 30, (0, 0, 255), -1)
+            yield f
+
+    return write_mp4(path, frames(), fps)
 
 
 def bench_sampling(

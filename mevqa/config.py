@@ -330,6 +330,13 @@ class FrameConfig(Settings):
     flow_method: FlowMethod = "farneback"
     face: FaceConfig = setting(FaceConfig())
 
+    @property
+    def images(self) -> int:
+        """Images one prompt holds in this mode (what a server must accept per request; inputs.py makes
+        them): video frames go as one video part, not images."""
+        keyframe = {"oao": 3, "diff": 1, "flow": 4 if self.flow_with_oao else 1}
+        return 0 if self.input == "video" else keyframe.get(self.input, self.frames)
+
 
 @dataclass(frozen=True)
 class GenConfig(Settings):

@@ -7,6 +7,8 @@ so a label or an AU added here reaches every one of them.
 
 from __future__ import annotations
 
+import re
+
 COARSE_LABELS = ("positive", "negative", "surprise")
 FINE_LABELS = ("happiness", "surprise", "disgust", "repression", "anger", "contempt", "fear", "sadness")
 FINE_TO_COARSE = {
@@ -30,6 +32,20 @@ LABEL_SYNONYMS = {
     "fearful": "fear",
     "repressed": "repression",
 }
+
+
+def normalise(text: str) -> str:
+    """Lowercase, punctuation to spaces (hyphens kept: "fine-grained"), single spaces: how answers and
+    annotation sheets are compared."""
+    return " ".join(re.sub(r"[^a-z0-9\-\s]", " ", str(text).lower()).split())
+
+
+def normalise_label(text: str) -> str:
+    """An emotion label as the MEGC files spell it (`Happy` -> happiness)."""
+    t = normalise(text)
+    return LABEL_SYNONYMS.get(t, t)
+
+
 # FACS number -> the name the MEGC files use (spelled as the files spell them).
 AU_NAMES = {
     1: "inner brow raiser",

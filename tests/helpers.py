@@ -33,13 +33,9 @@ def clip_frames(n: int = N_FRAMES, seed: int = 0) -> list[np.ndarray]:
 
 
 def write_mp4(path: Path, frames: list[np.ndarray], fps: float = 200.0) -> Path:
-    w = cv2.VideoWriter(
-        str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0])
-    )
-    for f in frames:
-        w.write(f)
-    w.release()
-    return path
+    from mevqa.io import write_mp4 as write
+
+    return write(path, frames, fps)
 
 
 def write_folder(path: Path, frames: list[np.ndarray]) -> Path:
@@ -107,11 +103,9 @@ def served_eval_args(synthme: Path, model: Path, out: Path, url: str, *extra) ->
         "openai",
         "--base-url",
         url,
-        "--concurrency",
-        "1",
+        "--server-args",
+        "concurrency=1,retries=1",
         "--batch-size",
-        "1",
-        "--retries",
         "1",
     ]
     return [str(a) for a in (*args, *server, "--max-errors", "0", *extra)]

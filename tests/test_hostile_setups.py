@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from helpers import cli, eval_cli, served_eval_args, train_args
@@ -244,6 +245,21 @@ def test_eval_through_a_server_of_50_mb_answers_writes_a_small_file(odd_server, 
 
 
 @pytest.mark.skipif(not ON_CPU, reason="needs vLLM's CPU build (make vllm)")
+def test_a_failing_vllm_start_is_one_line_and_its_traceback_goes_to_the_log(tiny_qwen):
+    """A real vLLM refusing a setting: mevqa's one line names the log that holds vLLM's traceback."""
+    from helpers import free_port, run_cli
+
+    args = ["--max-model-len", "999999", "--kv-cache-gib", "0.1", "--dtype", "float32", "--enforce-eager"]
+    r = run_cli("serve", "--model", tiny_qwen, "--port", str(free_port()), *args, timeout=400)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert last.startswith("error: the server exited with code") and "(its output: " in last, last
+    log = Path(last.rsplit("(its output: ", 1)[1].rstrip(")"))
+    assert "Traceback" in log.read_text() and "max_model_len" in log.read_text()
+    log.unlink()
+
+
+@pytest.mark.skipif(not ON_CPU, reason="needs vLLM's CPU build (make vllm)")
 def test_serve_on_cpu_with_an_in_process_eval_beside_it(synthme, tiny_qwen, tmp_path, monkeypatch):
     """A real `mevqa serve` with no KV setting of the user's: it reserves what the tiny model needs (not
     0.9 of all RAM), and an in-process eval beside it neither starves it nor gets it killed."""
@@ -287,14 +303,14 @@ def test_the_offline_engine_sizes_its_kv_cache_on_cpu_too(tiny_qwen, monkeypatch
 
 @pytest.mark.skipif(not ON_CPU, reason="needs vLLM's CPU build (make vllm)")
 def test_offline_vllm_eval_on_cpu_reserves_what_the_model_needs(synthme, tiny_qwen, tmp_path):
-    from test_vllm import ENGINE, vllm_env
+    from test_vllm import EVAL_ENGINE, vllm_env
 
     env = vllm_env(tmp_path / "cache")
     env.pop("VLLM_CPU_KVCACHE_SPACE")
     data = ["--data", str(synthme / "test.jsonl"), "--root", str(synthme), "--model", str(tiny_qwen)]
     r = subprocess.run(
         [VLLM_PY, "-m", "mevqa", "eval", *data, "--out", str(tmp_path / "o"), "--limit", "2", "-v"]
-        + ["--max-new-tokens", "4", "--backend", "vllm", *ENGINE],
+        + ["--max-new-tokens", "4", "--backend", "vllm", *EVAL_ENGINE],
         env=env,
         capture_output=True,
         text=True,

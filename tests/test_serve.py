@@ -63,8 +63,8 @@ def test_eval_through_server_concurrent_matches_in_process(served_qwen, tiny_qwe
         "openai",
         "--base-url",
         served_qwen.url,
-        "--concurrency",
-        "4",
+        "--server-args",
+        "concurrency=4",
         "--batch-size",
         "8",
     )

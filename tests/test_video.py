@@ -107,3 +107,15 @@ def test_bad_clips_raise_input_error(tmp_path, clips, make):
 def test_keyframes_offset_outside_clip_is_an_error(clips):
     with pytest.raises(InputError, match="outside"):
         sample(clips["mp4"], FrameConfig(sampling="keyframes"), onset=0, offset=500)
+
+
+@pytest.mark.parametrize("mode", ["frames", "video", "oao", "flow", "diff"])
+@pytest.mark.parametrize("with_oao", [False, True])
+def test_images_per_prompt_is_what_inputs_send(mode, with_oao, clips):
+    """`FrameConfig.images` (what `mevqa serve` lets a prompt hold) counts what inputs.py really sends."""
+    from mevqa.inputs import load_clip, visual_parts
+    from mevqa.prompts import VideoPart
+
+    cfg = FrameConfig(frames=4, input=mode, flow_with_oao=with_oao)
+    parts = visual_parts(load_clip(clips["folder"], cfg, 10, 30, 40), cfg)
+    assert sum(not isinstance(p, VideoPart) for p in parts) == cfg.images

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.skipif(
 )
 # what this 2-core CPU needs: a small KV cache, float32 (the tiny model's dtype), no compilation
 ENGINE = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--max-images", "8"]
+# the same for an in-process `--backend vllm` eval, where the engine's knobs are one --vllm-args flag
+EVAL_ENGINE = ["--dtype", "float32", "--vllm-args", "max_model_len=2048,enforce_eager=true,max_images=8"]
 
 
 def vllm_env(cache: Path) -> dict[str, str]:
@@ -77,7 +79,8 @@ class VLLMServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 400) -> VLLMServer:
-        args = ["serve", "--model", str(self.model), "--port", str(self.port), *self.engine]
+        # -v: vLLM's start-up output too goes to serve.log (without it, only to mevqa's own log file)
+        args = ["-v", "serve", "--model", str(self.model), "--port", str(self.port), *self.engine]
         for a in self.adapters:
             args += ["--adapter", a]
         env = vllm_env(self.work / "vllm-cache")
@@ -165,8 +168,8 @@ def test_vllm_answers_equal_in_process(server, adapters, synthme, tiny_qwen, tmp
         "openai",
         "--base-url",
         server.url,
-        "--concurrency",
-        "4",
+        "--server-args",
+        "concurrency=4",
         *remote_args,
     )
     differ = {k: (local[k], remote[k]) for k in local if as_tokens(local[k]) != as_tokens(remote[k])}
@@ -209,7 +212,7 @@ def test_offline_vllm_engine_equals_the_server(server, adapters, synthme, tiny_q
             str(adapters["trained"]),
             "--backend",
             "vllm",
-            *ENGINE,
+            *EVAL_ENGINE,
         ],
         env=env,
         capture_output=True,

@@ -72,6 +72,8 @@ def add_settings(
     """Flags for every field of `cls` and of the specs it holds, except the dotted paths in `skip`; the
     sections in `packed` (default: `cls.PACKED`) as described in the module docstring."""
     packed = getattr(cls, "PACKED", {}) if packed is None else packed
+    if not section:
+        parser.set_defaults(settings_class=cls)  # main() names flags in this command's errors
     group = parser.add_argument_group(f"{section.rstrip('.') or cls.__name__} settings")
     keep = packed.get(section.rstrip("."))
     if keep is not None:
@@ -168,20 +170,22 @@ def load_settings(
     try:
         return from_dict(cls, values, config or f"mevqa {command}")
     except InputError as e:
-        raise InputError(_with_flag(str(e), cls)) from None
+        raise InputError(with_flag(str(e), cls)) from None
 
 
-def _with_flag(message: str, cls: type) -> str:
+def with_flag(message: str, cls: type | None) -> str:
     """`mevqa eval: model.model — required` -> `... model.model (--model) — required`: the library names
-    settings (the app shows them to people who never typed a flag); the CLI adds the flag's spelling."""
-    m = re.match(r"^(.*?: )([\w.]+)( = | — )", message)
-    flag = m and _flag_of(cls, m.group(2))
+    settings (the app shows its errors to people who never typed a flag); the CLI adds the flag."""
+    m = re.match(r"^((?:[^:]*: )?)([a-z_]+(?:\.[a-z_]+)*)(?= = | — | (?!\(--)\S)", message)  # once
+    flag = m and cls and _flag_of(cls, m.group(2))
     return f"{m.group(1)}{m.group(2)} ({flag}){message[m.end(2) :]}" if m and flag else message
 
 
 def _flag_of(cls: type, path: str) -> str | None:
     owner, packed = cls, getattr(cls, "PACKED", {})
     *sections, name = path.split(".")
+    if not sections and name not in hints(cls):
+        return None
     for s in sections:
         owner = hints(owner).get(s)
         if owner is None or not dataclasses.is_dataclass(owner):

@@ -23,7 +23,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         api_key=a.api_key or os.environ.get("MEVQA_API_KEY"),
         dtype=a.dtype,
     )
-    return serve(p, a.engine, a.dry_run, a.vllm)
+    return serve(p, a.engine, a.dry_run, a.vllm, verbose=getattr(a, "verbose", False))
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

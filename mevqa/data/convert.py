@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mevqa.data.qa import ClipLabel, build_rows, parse_au_codes
 from mevqa.errors import InputError
-from mevqa.facs import COARSE_LABELS, FINE_LABELS, LABEL_SYNONYMS
+from mevqa.facs import COARSE_LABELS, FINE_LABELS, normalise_label
 
 # field -> accepted column names (compared lowercase without spaces/underscores)
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -114,11 +114,6 @@ def _columns(rows: list[dict[str, str]], path: Path, spec: DatasetSpec) -> dict[
         names = "; ".join(f"{f} (one of: {', '.join(COLUMNS[f])})" for f in missing)
         raise InputError(f"--annotations {path} — missing column(s): {names}")
     return found
-
-
-def normalise_label(text: str) -> str:
-    t = re.sub(r"[^a-z]+", " ", text.lower()).strip()
-    return LABEL_SYNONYMS.get(t, t)
 
 
 def _frame(text: str | None) -> int | None:

@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from mevqa.data.convert import _csv_table, _key, _xlsx_table, normalise_label
+from mevqa.data.convert import _csv_table, _key, _xlsx_table
 from mevqa.data.qa import AU, ClipLabel, build_rows, parse_au_codes
 from mevqa.errors import InputError
-from mevqa.facs import FINE_TO_COARSE
+from mevqa.facs import FINE_TO_COARSE, normalise_label
 from mevqa.io import atomic_write
 from mevqa.prompts import (
     Q_LVQA_AUS,

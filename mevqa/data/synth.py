@@ -23,7 +23,7 @@ from mevqa.data.megc import write_jsonl
 from mevqa.data.qa import AU, ClipLabel, build_rows
 from mevqa.errors import InputError
 from mevqa.facs import EMOTION_RULES, FINE_TO_COARSE
-from mevqa.io import atomic_write
+from mevqa.io import atomic_write, write_mp4
 
 # Full AU displacement at apex as a fraction of the frame: ~3 px at 112 px, ~7 px at 224 px. Real
 # micro-expressions move a few pixels; smaller than this and JPEG noise and head jitter drown them.
@@ -367,8 +367,4 @@ def _write_frames(folder: Path, frames: list[np.ndarray]) -> None:
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for f in frames:
-        writer.write(f)
-    writer.release()
+    write_mp4(path, frames, fps)

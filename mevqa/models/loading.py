@@ -54,7 +54,7 @@ def config_hash(model: str | Path, trust_remote_code: bool = False) -> str:
         cfg = AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code).to_dict()
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(
-            f"--model {model} — cannot read its config ({str(e).splitlines()[0][:160]})"
+            f"model.model {model} — cannot read its config ({str(e).splitlines()[0][:160]})"
         ) from None
     for k in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures"):
         cfg.pop(k, None)
@@ -132,11 +132,11 @@ def load_processor(model: str, trust_remote_code: bool = False) -> ProcessorMixi
         proc = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(
-            f"--model {model} — cannot load its processor ({str(e).splitlines()[0][:160]})"
+            f"model.model {model} — cannot load its processor ({str(e).splitlines()[0][:160]})"
         ) from None
     if not isinstance(proc, ProcessorMixin):
         raise ModelError(
-            f"--model {model} — has a tokenizer but no image processor "
+            f"model.model {model} — has a tokenizer but no image processor "
             "(processor_config.json / preprocessor_config.json); is it a vision-language model?"
         )
     proc.tokenizer.padding_side = "left"  # batched generation appends on the right
@@ -176,8 +176,8 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
     """The model in eval mode on `spec.device`; a missing or unusable checkpoint is a `ModelError`."""
     model = spec.model
     if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-        raise InputError(f"--model {model} — no such directory (and not a Hub id of the form org/name)")
-    refuse_pickle(Path(model), "--model")
+        raise InputError(f"model.model {model} — no such directory (and not a Hub id of the form org/name)")
+    refuse_pickle(Path(model), "model.model")
     device = pick_device(spec.device)
     quant = quantization(spec, device)
     try:
@@ -191,7 +191,7 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
         )
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(
-            f"--model {model} — cannot load as an image-text-to-text model ({str(e).splitlines()[0][:160]})"
+            f"model.model {model} — cannot load as an image-text-to-text model ({str(e).splitlines()[0][:160]})"
         ) from None
     if quant is None:
         m.to(device)

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from mevqa.config import CVConfig, to_dict
 from mevqa.data.megc import read_jsonl, row_id, write_jsonl
+from mevqa.dist import Shard
 from mevqa.errors import InputError
 from mevqa.evaluation.metrics import score_rows
 from mevqa.evaluation.report import confusions, markdown_table, write_json
-from mevqa.evaluation.runner import Shard, run_eval
+from mevqa.evaluation.runner import run_eval
 from mevqa.io import atomic_write
 from mevqa.models.loading import hash_file
 from mevqa.train.loop import train

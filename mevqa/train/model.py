@@ -21,7 +21,7 @@ def lora_targets(cfg: TrainConfig, model_type: str) -> str:
     family = families.for_model_type(model_type)
     if family is None and (not cfg.lora.target_modules or cfg.lora.vision or cfg.lora.projector):
         raise ModelError(
-            f"--model {cfg.model.model} — architecture {model_type!r} is not in mevqa's family table "
+            f"model.model {cfg.model.model} — architecture {model_type!r} is not in mevqa's family table "
             f"({', '.join(families.FAMILIES)}); pass --lora-target-modules REGEX (and no --lora-vision / "
             "--lora-projector)"
         )
@@ -64,6 +64,6 @@ def build_model(cfg: TrainConfig, device: str) -> torch.nn.Module:
         model = get_peft_model(model, peft_cfg)
     except ValueError as e:
         raise ModelError(
-            f"--lora-target-modules {cfg.lora.target_modules!r} — {str(e).splitlines()[0][:200]}"
+            f"lora.target_modules {cfg.lora.target_modules!r} — {str(e).splitlines()[0][:200]}"
         ) from None
     return model.train()
