@@ -215,18 +215,15 @@ def image_data_url(image: Image.Image, fmt: str = "png", quality: int = 95) -> s
 
 def video_data_url(video: VideoPart) -> str:
     """The frames as an mp4 (mp4v, at the part's model-facing fps) in a base64 data URL."""
-    import cv2  # only the video_url path needs OpenCV here
     import numpy as np
 
-    frames = [np.asarray(f.convert("RGB"))[..., ::-1] for f in video.frames]
-    h, w = frames[0].shape[:2]
+    from mevqa.io import write_mp4
+
+    frames = (np.ascontiguousarray(np.asarray(f.convert("RGB"))[..., ::-1]) for f in video.frames)
     fd, path = tempfile.mkstemp(suffix=".mp4")
     os.close(fd)
     try:
-        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), video.fps, (w, h))
-        for f in frames:
-            writer.write(np.ascontiguousarray(f))
-        writer.release()
+        write_mp4(path, frames, video.fps)
         with open(path, "rb") as fh:
             data = fh.read()
     finally:
@@ -283,13 +280,27 @@ def label_hint(qtype: str, coarse: str | None = None) -> str:
     return ""
 
 
+def hierarchical_question(question: str, coarse: str | None = None) -> str:
+    """The hierarchical strategy's text for `question`, the one home of that strategy.
+
+    Stage 1 asks the clip's coarse class (`coarse` None: the coarse label set is appended); every later
+    question of the clip is told that class where it matters (fine: the fine labels within it; combined
+    and analysis: the class as a given). `coarse` is the model's stage-1 answer in eval, ask, chat and
+    the agent chain, and the clip's gold coarse label in training (teacher forcing), so a question is
+    trained with the same text it is asked with.
+    """
+    qtype, _ = classify(question)
+    return f"{question} {label_hint(qtype, coarse)}".strip()
+
+
 def render_question(question: str, strategy: str, coarse: str | None = None) -> str:
     """The text sent for `question` under a prompt strategy (`coarse`: the hierarchical stage-1 answer)."""
     if strategy == "plain":
         return question
+    if strategy == "hierarchical":
+        return hierarchical_question(question, coarse)
     qtype, _ = classify(question)
-    hint = label_hint(qtype, coarse if strategy == "hierarchical" else None)
-    return f"{question} {hint}".strip()
+    return f"{question} {label_hint(qtype)}".strip()
 
 
 def check_question(question: str, limit: int) -> str:

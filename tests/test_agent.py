@@ -108,6 +108,18 @@ def test_chat_tools_command_uses_the_agent(qwen, synthme):
     assert "unknown command '/qiut'" in plain.command("/qiut")
 
 
+def test_help_answers_the_command_list(qwen, synthme):
+    """`/help` was listed among the commands, and answered "unknown command '/help'"."""
+    from mevqa.agent import CHAT_COMMANDS, chat_help
+
+    out = ChatSession(qwen, ctx_for(synthme, annotated(synthme)[0]), GEN).command("/help")
+    assert out == chat_help() and "unknown" not in out
+    for c in CHAT_COMMANDS:
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(c.names[0]))
+        assert c.help in line and all(n in line for n in c.names) and c.arg in line
+    assert len(out.splitlines()) == len(CHAT_COMMANDS) + 1  # a heading, then one line a command
+
+
 def test_chat_model_generates_and_streams(qwen, synthme):
     images = ctx_for(synthme, annotated(synthme)[0]).images()
     llm = MevqaChatModel(backend=qwen, gen=GEN)
@@ -141,7 +153,7 @@ def test_chat_in_a_terminal(tiny_qwen, synthme):
             "flow",
             "--flow-with-oao",
         ],
-        input="What is the coarse expression class?\nWhy?\n/flow\n/qiut\n/agent\n/quit\n",
+        input="What is the coarse expression class?\nWhy?\n/flow\n/qiut\n/help\n/agent\n/quit\n",
         capture_output=True,
         text=True,
         timeout=300,
@@ -150,6 +162,9 @@ def test_chat_in_a_terminal(tiny_qwen, synthme):
     answers = [ln for ln in r.stdout.splitlines() if "mevqa> " in ln]
     assert len(answers) == 2 and '"brows"' in r.stdout and "unknown command '/qiut'" in r.stdout
     assert '"coarse":' in r.stdout and '"consistent":' in r.stdout
+    assert (
+        "unknown command '/help'" not in r.stdout and r.stdout.count("/tools QUESTION") == 2
+    )  # banner, /help
 
 
 def test_chat_keeps_history(qwen, synthme):

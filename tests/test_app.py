@@ -15,9 +15,18 @@ from pathlib import Path
 import pytest
 from helpers import free_port
 
+from mevqa.app import Demo
+from mevqa.config import AskConfig, UploadLimits, from_dict
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 Q = "What is the coarse expression class?"
+
+
+def settings(**values) -> AskConfig:
+    """The app's settings as `mevqa app` builds them, for an in-process `Demo` (its backend given: the
+    model is only a name here)."""
+    return from_dict(AskConfig, {"model": "tiny", **values}, "test")
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +198,8 @@ def test_hidden_endpoints_stay_hidden(app_url):
 
 def test_upload_caps_before_extracting(tmp_path):
     """Too many members or too many bytes are refused from the zip directory: nothing is written."""
-    from app import UploadLimits, unpack_upload
+    from mevqa.app import unpack_upload
+    from mevqa.config import UploadLimits
     from mevqa.errors import InputError
 
     work = tmp_path / "work"
@@ -242,13 +252,11 @@ def test_the_tool_agent_answers_in_the_chat(qwen, synthme, tmp_path):
     from langchain_core.messages import AIMessage
     from test_agent import ScriptedToolModel, annotated, ctx_for
 
-    from app import Demo, UploadLimits
-
     script = [
         AIMessage(content="", tool_calls=[{"name": "optical_flow", "args": {}, "id": "f"}]),
         AIMessage(content="Most motion at the mouth."),
     ]
-    demo = Demo(qwen, UploadLimits(), tmp_path, tool_llm=lambda: ScriptedToolModel(responses=script))
+    demo = Demo(qwen, settings(), UploadLimits(), tmp_path, lambda: ScriptedToolModel(responses=script))
     ctx = ctx_for(synthme, annotated(synthme)[0])
     *_, (history, _) = demo.respond("Where does it move?", [], ctx, "frames", 4, "plain", False, True)
     answer = history[-1]["content"]
@@ -296,7 +304,7 @@ def test_zip_frames_are_checked_for_pixels_before_decoding(tmp_path):
     headers, by the same check the CLI uses, and nothing is left on disk."""
     from test_hostile_inputs import bomb_png
 
-    from app import unpack_upload
+    from mevqa.app import unpack_upload
     from mevqa.errors import InputError
 
     z = tmp_path / "clip.zip"
@@ -312,7 +320,7 @@ def test_zip_frames_are_checked_for_pixels_before_decoding(tmp_path):
 def test_zip_frames_play_in_name_order_and_odd_names_load(tmp_path):
     """`zip clip.zip *.jpg` stores img1, img10, img11, img12, img2...: frames play as 1, 2, ... 12; a name
     in a legacy code page loads; a name that breaks the UTF-8 the zip declares is one clear error."""
-    from app import unpack_upload
+    from mevqa.app import unpack_upload
     from mevqa.errors import InputError
     from mevqa.video import open_clip
 
@@ -338,8 +346,6 @@ def _load(demo, z, session=None):
 def test_a_failed_upload_is_removed_and_named_as_the_user_knows_it(tmp_path):
     """A zip whose frame decodes badly: the message names `clip/...`, never a server path, and the
     session keeps nothing of it."""
-    from app import Demo, UploadLimits
-
     z = _noise_zip(tmp_path / "up" / "clip.zip", ["img1.png", "img2.png"])
     cut = tmp_path / "up" / "cut.zip"
     with zipfile.ZipFile(z) as src, zipfile.ZipFile(cut, "w") as dst:
@@ -347,7 +353,7 @@ def test_a_failed_upload_is_removed_and_named_as_the_user_knows_it(tmp_path):
             dst.writestr(info.filename, src.read(info)[:60])  # the header survives, the pixels do not
     root = tmp_path / "root"
     root.mkdir()
-    demo = Demo(None, UploadLimits(), root)
+    demo = Demo(None, settings(), UploadLimits(), root)
     ctx, _, _, status, session = _load(demo, cut)
     assert ctx is None and status.startswith("**error:** cut/img1_0.png — "), status
     assert str(tmp_path) not in status and str(root.resolve()) not in status
@@ -355,13 +361,11 @@ def test_a_failed_upload_is_removed_and_named_as_the_user_knows_it(tmp_path):
 
 
 def test_idle_sessions_expire_and_the_disk_is_capped(qwen, tmp_path):
-    from app import Demo, UploadLimits
-
     z = _noise_zip(tmp_path / "up" / "clip.zip", ["img1.png", "img2.png", "img3.png"], size=256)
     mb = sum(i.file_size for i in zipfile.ZipFile(z).infolist()) / 2**20
     root = tmp_path / "root"
     root.mkdir()
-    demo = Demo(qwen, UploadLimits(max_disk_mb=mb * 1.5, idle_minutes=5), root)
+    demo = Demo(qwen, settings(), UploadLimits(max_disk_mb=mb * 1.5, idle_minutes=5), root)
     ctx, gallery, _, status, a = _load(demo, z)
     assert "Loaded" in status and len(gallery) == 3
     _, _, _, status, b = _load(demo, z)  # another user: the disk cap is reached
@@ -383,7 +387,7 @@ def test_big_clips_wait_for_each_other_to_decode():
     """Four 4096x4096 uploads at once killed the app: decoding is admitted by pixel count."""
     import threading
 
-    from app import Budget
+    from mevqa.app import Budget
 
     budget, log = Budget(100), []
 
@@ -406,12 +410,11 @@ def test_big_clips_wait_for_each_other_to_decode():
 def test_questions_are_capped(qwen, synthme):
     from test_agent import annotated, ctx_for
 
-    from app import Demo, UploadLimits
     from mevqa.agent import ChatSession
     from mevqa.errors import InputError
 
     ctx = ctx_for(synthme, annotated(synthme)[0])
-    demo = Demo(qwen, UploadLimits(max_question_chars=100), Path(synthme))
+    demo = Demo(qwen, settings(max_question_chars=100), UploadLimits(), Path(synthme))
     history, _ = list(demo.respond("why? " * 1000, [], ctx, "frames", 4, "plain", False))[-1]
     assert (
         history[-1]["content"]
@@ -444,14 +447,12 @@ def _streaming(gen):
 def test_a_generation_error_ends_the_stream(qwen, synthme, monkeypatch):
     from test_agent import annotated, ctx_for
 
-    from app import Demo, UploadLimits
-
     def broken(**kwargs):
         raise RuntimeError("CUDA error: an illegal memory access\nmore lines")
 
     monkeypatch.setattr(qwen.model, "generate", broken)
     ctx = ctx_for(synthme, annotated(synthme)[0])
-    demo = Demo(qwen, UploadLimits(), Path(synthme))
+    demo = Demo(qwen, settings(), UploadLimits(), Path(synthme))
     out = _streaming(demo.respond(Q, [], ctx, "frames", 4, "plain", False))
     history, _ = out["items"][-1]
     text = history[-1]["content"]

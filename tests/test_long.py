@@ -274,10 +274,10 @@ def test_long_eval_resumes_after_sigkill(long_videos, tiny_qwen, tmp_path):
 
 def test_agent_spot_tool_and_app_event_picker(spotted, long_videos, qwen, tmp_path):
     pytest.importorskip("langchain_core")
-    from app import Demo, UploadLimits
     from mevqa.agent import ClipContext
     from mevqa.agent.lc import tools
-    from mevqa.config import FaceConfig, FrameConfig, GenConfig
+    from mevqa.app import Demo
+    from mevqa.config import AskConfig, FaceConfig, FrameConfig, GenConfig, UploadLimits, from_dict
 
     video = str(long_videos / "videos" / "s01_v01.mp4")
     ctx = ClipContext(video, FrameConfig(frames=2, face=FaceConfig(mode="crop")))
@@ -285,7 +285,7 @@ def test_agent_spot_tool_and_app_event_picker(spotted, long_videos, qwen, tmp_pa
     found = json.loads(spot.invoke({}))
     expected = [r for r in jsonl(spotted / "intervals.jsonl") if r["video"] == "s01_v01"]
     assert found["events"] == len(expected) and found["list"][0]["onset"] == expected[0]["onset"]
-    demo = Demo(qwen, UploadLimits(), tmp_path)
+    demo = Demo(qwen, from_dict(AskConfig, {"model": "tiny"}), UploadLimits(), tmp_path)
     png, events, status = demo.spot(ctx, str(tmp_path))
     assert (
         Path(png).stat().st_size > 10_000 and len(events["choices"]) == len(expected) and "Spotted" in status

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +19,12 @@ from typing import Any
 from PIL import Image
 
 from mevqa.backends.base import Answer, Backend, VQARequest
-from mevqa.config import MAX_QUESTION_CHARS, FrameConfig, GenConfig
+from mevqa.config import MAX_QUESTION_CHARS, AskConfig, FrameConfig, GenConfig
 from mevqa.errors import MevqaError
 from mevqa.evaluation.parse import parse_aus, parse_label, prompted
 from mevqa.facs import AU_LOOKS, AU_NAMES, COARSE_LABELS, EMOTION_AUS, FINE_TO_COARSE
 from mevqa.inputs import flow_field, flow_image, load_clip, region_motion, visual_parts
-from mevqa.prompts import Q_AU_MANY, Q_COARSE, Q_FINE, Message, Part, check_question, label_hint
+from mevqa.prompts import Q_AU_MANY, Q_COARSE, Q_FINE, Message, Part, check_question, hierarchical_question
 
 
 @dataclass
@@ -135,9 +136,10 @@ def hierarchical(backend: Backend, ctx: ClipContext, gen: GenConfig | None = Non
         steps.append({"step": name, "question": question, "answer": answer})
         return answer
 
-    coarse = parse_label(step("coarse", f"{Q_COARSE} {label_hint('coarse')}"), "coarse")
-    fine = parse_label(step("fine", f"{Q_FINE} {label_hint('fine', coarse)}"), "fine")
-    aus = parse_aus(step("aus", f"{Q_AU_MANY} {label_hint('au_list')}"))
+    # the hierarchical strategy's own texts: stage 1 as eval asks it, then the rest given its answer
+    coarse = parse_label(step("coarse", hierarchical_question(Q_COARSE)), "coarse")
+    fine = parse_label(step("fine", hierarchical_question(Q_FINE, coarse)), "fine")
+    aus = parse_aus(step("aus", hierarchical_question(Q_AU_MANY, coarse)))
     flags = consistency_flags(coarse, fine, aus)
     return {
         "coarse": coarse,
@@ -201,14 +203,39 @@ def long_video_answer(backend: Backend, ctx: ClipContext, text: str, gen: GenCon
     return f"**spot**: {where}\n\n{agent_markdown(r)}"
 
 
-CHAT_COMMANDS = ("/agent", "/tools", "/flow", "/reset", "/quit", "/exit", "/help")
+def tool_llm(cfg: AskConfig, backend: Backend) -> Callable[[], Any] | None:
+    """What builds the chat model that drives the tool agent (`/tools` in chat, the app's tool switch): the
+    served model itself, which must call tools; None for a model in this process (tiny local models cannot
+    drive free tool-calling). Built on first use: LangChain is the `app` extra, and chat runs without it."""
+    if cfg.model.backend != "openai":
+        return None
+
+    def build() -> Any:
+        from mevqa.agent.lc import server_chat_model
+
+        api_key = cfg.server.api_key or os.environ.get("MEVQA_API_KEY")
+        return server_chat_model(cfg.server.base_url[0], backend.model, api_key, cfg.gen.max_new_tokens)
+
+    return build
+
+
+@dataclass(frozen=True)
+class ChatCommand:
+    """One chat command: what `/help` says about it, and the `ChatSession` method that answers it."""
+
+    names: tuple[str, ...]
+    arg: str
+    help: str
+    answer: Callable[
+        [ChatSession, str], str | None
+    ]  # (session, the text after the name) -> reply; None: quit
 
 
 class ChatSession:
     """Multi-turn chat about one clip: the frames go with the first question, the history is kept.
 
     `tool_llm` builds the LangChain chat model that drives `/tools` (a served model that calls tools);
-    None when the backend cannot.
+    None when the backend cannot. The commands are `CHAT_COMMANDS`.
     """
 
     def __init__(
@@ -244,20 +271,13 @@ class ChatSession:
 
     def command(self, line: str) -> str | None:
         """One input line -> what to print (None: quit). Commands start with '/'; the rest is a question."""
-        cmd, _, arg = line.partition(" ")
-        if cmd in ("/quit", "/exit"):
-            return None
-        if cmd == "/reset":
-            self.history = []
-            return "(history cleared)"
-        if cmd == "/flow":
-            return json.dumps(self.ctx.flow()[1])
-        if cmd == "/agent":
-            return json.dumps(hierarchical(self.backend, self.ctx, self.gen), indent=2)
-        if cmd == "/tools":
-            return self._tools(check_question(arg.strip(), self.max_question_chars))
-        if cmd.startswith("/"):
-            return f"unknown command {cmd!r} — {', '.join(CHAT_COMMANDS)}"
+        name, _, arg = line.partition(" ")
+        if name.startswith("/"):
+            cmd = next((c for c in CHAT_COMMANDS if name in c.names), None)
+            if cmd is None:
+                known = ", ".join(n for c in CHAT_COMMANDS for n in c.names)
+                return f"unknown command {name!r} — {known}"
+            return cmd.answer(self, arg.strip())
         check_question(line, self.max_question_chars)
         events = long_video_answer(self.backend, self.ctx, line, self.gen)
         if events is not None:
@@ -265,7 +285,11 @@ class ChatSession:
         ans = self.send(line)
         return f"mevqa> {ans.text}" if ans.ok else f"error: the model failed: {ans.error}"
 
+    def _agent(self, _: str) -> str:
+        return json.dumps(hierarchical(self.backend, self.ctx, self.gen), indent=2)
+
     def _tools(self, question: str) -> str:
+        check_question(question, self.max_question_chars)
         if self.tool_llm is None:
             return "/tools needs a served model that calls tools (--backend openai, vLLM with tool calling)"
         from mevqa.agent.lc import tool_agent
@@ -273,6 +297,19 @@ class ChatSession:
         result = tool_agent(self.tool_llm(), self.ctx, self.backend, self.gen, question or Q_COARSE)
         calls = "".join(f"\n  [{c['tool']}] {c['args']} -> {c['result'][:120]}" for c in result["calls"])
         return f"mevqa> {result['answer']}{calls}"
+
+    def _flow(self, _: str) -> str:
+        return json.dumps(self.ctx.flow()[1])
+
+    def _reset(self, _: str) -> str:
+        self.history = []
+        return "(history cleared)"
+
+    def _help(self, _: str) -> str:
+        return chat_help()
+
+    def _quit(self, _: str) -> None:
+        return None
 
     def repl(self, read: Callable[[str], str], write: Callable[[str], None]) -> None:
         """The terminal loop: read lines until /quit or end of input; a failure is one line, not an exit."""
@@ -291,3 +328,28 @@ class ChatSession:
             if out is None:
                 return
             write(out)
+
+
+# The chat's commands, in the order `/help` lists them: `ChatSession.command` answers from this table
+CHAT_COMMANDS = (
+    ChatCommand(("/agent",), "", "coarse -> fine -> AUs, with a consistency check", ChatSession._agent),
+    ChatCommand(
+        ("/tools",),
+        "QUESTION",
+        "the model calls mevqa's tools (served models with tool calling)",
+        ChatSession._tools,
+    ),
+    ChatCommand(("/flow",), "", "per-region motion from onset to apex, in pixels", ChatSession._flow),
+    ChatCommand(
+        ("/reset",), "", "forget the conversation (the next question carries the frames)", ChatSession._reset
+    ),
+    ChatCommand(("/help",), "", "this list", ChatSession._help),
+    ChatCommand(("/quit", "/exit"), "", "leave (so does the end of input)", ChatSession._quit),
+)
+
+
+def chat_help() -> str:
+    """The commands, one a line (what `/help` answers and `mevqa chat` shows when it starts)."""
+    usage = [(", ".join(c.names) + (f" {c.arg}" if c.arg else ""), c.help) for c in CHAT_COMMANDS]
+    width = max(len(u) for u, _ in usage)
+    return "commands:\n" + "\n".join(f"  {u:<{width}}  {h}" for u, h in usage)

@@ -11,10 +11,11 @@ import sys
 import warnings
 
 from mevqa import __version__
-from mevqa.cli import ask, bench, cv, data, eval, models, serve, spot, train
+from mevqa.cli import app, ask, bench, cv, data, eval, models, serve, spot, train
+from mevqa.cli._args import with_flag
 from mevqa.errors import MevqaError
 
-COMMANDS = (ask, data, eval, spot, train, cv, models, serve, bench)
+COMMANDS = (ask, data, eval, spot, train, cv, models, serve, bench, app)
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,14 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.INFO if verbose else logging.WARNING
     # force: in-process callers (tests, the demo) call main() repeatedly with other streams
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    if verbose:
-        logging.captureWarnings(True)
-    else:
-        _quiet_libraries()
+    # scoped to this command: in-process callers (tests, the demo) keep library warnings of their own
+    with warnings.catch_warnings():
+        if verbose:
+            logging.captureWarnings(True)
+        else:
+            _quiet_libraries()
+        return _run(args, freeze=argv is None)
+
+
+def _run(args: argparse.Namespace, freeze: bool) -> int:
     try:
         return args.func(args)
     except MevqaError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {with_flag(str(e), getattr(args, 'settings_class', None))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     finally:
-        if argv is None:  # the command line's call: the process exits next
+        if freeze:  # the command line's call: the process exits next
             # Python's last garbage collection walks every object torch, transformers and a loaded model
             # made (~1.5 s after the work is done, measured on a tiny model); frozen objects are skipped,
             # and the process's memory goes back to the system with it all the same

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
 from mevqa import process_seconds
-from mevqa.cli._args import adapter_defaults, add_settings, load_settings
+from mevqa.cli._args import add_settings, load_settings
 from mevqa.config import AskConfig
 from mevqa.errors import MevqaError
-
-CHAT_HELP = (
-    "commands: /agent (coarse -> fine -> AUs, with a consistency check), /tools QUESTION (the model calls "
-    "mevqa's tools; served models with tool calling), /flow, /reset, /quit"
-)
 
 
 def _settings(a: argparse.Namespace, command: str) -> AskConfig:
     """Flags, with the adapter's recorded frame settings and prompt as defaults."""
+    from mevqa.backends.base import adapter_defaults
+
     return load_settings(a, AskConfig, command, adapter_defaults)
 
 
@@ -83,22 +77,8 @@ def _keyframes(path: str, cfg: AskConfig) -> tuple[int | None, int | None, int |
     )
 
 
-def _tool_llm(cfg: AskConfig, backend: Any) -> Callable[[], Any] | None:
-    """The chat model that drives `/tools`: the served model itself (it must call tools), or none."""
-    if cfg.model.backend != "openai":
-        return None
-
-    def build() -> Any:
-        from mevqa.agent.lc import server_chat_model
-
-        api_key = cfg.server.api_key or os.environ.get("MEVQA_API_KEY")
-        return server_chat_model(cfg.server.base_url[0], backend.model, api_key, cfg.gen.max_new_tokens)
-
-    return build
-
-
 def cmd_chat(a: argparse.Namespace) -> int:
-    from mevqa.agent import ChatSession, ClipContext
+    from mevqa.agent import ChatSession, ClipContext, chat_help, tool_llm
     from mevqa.backends.base import load_backend, set_threads
 
     cfg = _settings(a, "chat")
@@ -110,12 +90,12 @@ def cmd_chat(a: argparse.Namespace) -> int:
         backend,
         ctx,
         cfg.gen,
-        tool_llm=_tool_llm(cfg, backend),
+        tool_llm=tool_llm(cfg, backend),
         prompt=cfg.prompt,
         max_question_chars=cfg.max_question_chars,
     )
     who = cfg.model.model + (f" + {cfg.model.adapter}" if cfg.model.adapter else "")
-    print(f"chatting about {a.clip} with {who}. {CHAT_HELP}")
+    print(f"chatting about {a.clip} with {who}. {chat_help()}")
     session.repl(input, print)
     return 0
 
@@ -123,26 +103,29 @@ def cmd_chat(a: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "ask",
+        usage="mevqa ask CLIP QUESTION [options]",
         parents=[common],
         help="ask one question about one clip",
         description="Sample frames from CLIP (video file or frame folder) and ask QUESTION.",
     )
-    p.add_argument("clip", help="video file (mp4, avi, ...) or folder of frames (jpg/png/bmp)")
+    p.add_argument("clip", help="video file (mp4, avi, ...) or folder of frames")
     p.add_argument("question", help='e.g. "What is the coarse expression class?"')
     p.add_argument(
         "--json",
         action="store_true",
-        help="print answer, model, adapter, frames, seconds (answering), process_seconds (since the "
-        "process started) and threads as JSON",
+        help="print the answer, frames, model and timing as JSON",
     )
     add_settings(p, AskConfig)
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser(
         "chat",
+        usage="mevqa chat CLIP [options]",
         parents=[common],
         help="chat about one clip in the terminal (multi-turn)",
-        description="Multi-turn chat about CLIP; the frames go with the first question. " + CHAT_HELP,
+        # the commands are listed by /help (ChatSession's table): importing it here would slow every --help
+        description="Multi-turn chat about CLIP; the frames go with the first question. In the chat, /help "
+        "lists the commands (the agent chain, the tool agent, the flow, ...).",
     )
     p.add_argument("clip", help="video file or folder of frames")
     add_settings(p, AskConfig)

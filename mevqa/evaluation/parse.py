@@ -13,18 +13,21 @@ from collections import Counter
 
 from mevqa.backends.base import Answer, Backend, VQARequest
 from mevqa.config import GenConfig
-from mevqa.facs import AU_NAMES, LABEL_SETS, LABEL_SYNONYMS
-from mevqa.prompts import Q_COARSE, Message, Part, classify, combined_answer, render_question
+from mevqa.facs import AU_NAMES, LABEL_SETS, LABEL_SYNONYMS, normalise
+from mevqa.prompts import (
+    Q_COARSE,
+    Message,
+    Part,
+    classify,
+    combined_answer,
+    hierarchical_question,
+    render_question,
+)
 
 _KEYS = {"coarse": "coarse expression class is", "fine": "fine-grained expression class is"}
 _AU_RE = re.compile(
     r"\b(" + "|".join(sorted(map(re.escape, AU_NAMES.values()), key=len, reverse=True)) + r")\b"
 )
-
-
-def normalise(text: str) -> str:
-    """Lowercase, punctuation to spaces (hyphens kept: "fine-grained"), single spaces."""
-    return " ".join(re.sub(r"[^a-z0-9\-\s]", " ", str(text).lower()).split())
 
 
 def parse_label(text: str, qtype: str) -> str:
@@ -101,6 +104,6 @@ def prompted(
 
 def ask_coarse(backend: Backend, parts: list[Part], gen: GenConfig, seed: int | None = None) -> str | None:
     """Hierarchical stage 1: the clip's coarse class, asked first so later answers can follow it."""
-    text = render_question(Q_COARSE, "hierarchical")
+    text = hierarchical_question(Q_COARSE)
     (ans,) = backend.generate([VQARequest("coarse", (Message.user(*parts, text),), seed=seed)], gen)
     return parse_label(ans.text, "coarse") if ans.ok else None

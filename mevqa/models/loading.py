@@ -191,7 +191,8 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
         )
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(
-            f"model.model {model} — cannot load as an image-text-to-text model ({str(e).splitlines()[0][:160]})"
+            f"model.model {model} — cannot load as an image-text-to-text model "
+            f"({str(e).splitlines()[0][:160]})"
         ) from None
     if quant is None:
         m.to(device)
