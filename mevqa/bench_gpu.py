@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 from mevqa.backends.base import load_backend
 from mevqa.backends.hf import TransformersBackend
 from mevqa.bench import environment, test_like_rows
-from mevqa.config import EvalConfig, FrameConfig, GenConfig, ModelSpec, TrainConfig
+from mevqa.config import CheckpointSpec, EvalConfig, FrameConfig, GenConfig, ModelSpec, TrainConfig
 from mevqa.data.synth import synthesize
 from mevqa.errors import InputError
 from mevqa.evaluation.runner import Answerer, answer_rows, batches_of
@@ -141,13 +141,9 @@ def _prefill_flops(
     cfg = EvalConfig(
         data="-", out="-", model=ModelSpec(backend.model_id), root=str(root), frames=FrameConfig(frames=8)
     )
-    answerer, tokens, patches = Answerer(cfg, backend), 0, 0
-    for batch in batches_of(cfg, rows):
-        for job in answerer.prepare(batch).prepared.jobs:
-            tokens += job.inputs["input_ids"].numel() + sum(map(len, job.suffixes))
-            if "pixel_values" in job.inputs:
-                patches += job.inputs["pixel_values"].shape[0]
-    return 2.0 * p_lm * tokens + 2.0 * p_vis * patches
+    answerer = Answerer(cfg, backend)
+    sizes = [backend.prefill_size(answerer.prepare(batch).prepared) for batch in batches_of(cfg, rows)]
+    return 2.0 * p_lm * sum(s.tokens for s in sizes) + 2.0 * p_vis * sum(s.patches for s in sizes)
 
 
 def bench_decode(
@@ -179,7 +175,7 @@ def bench_train(model_dir: Path, root: Path, method: str, batch: int, steps: int
             TrainConfig(
                 data=str(root / "train.jsonl"),
                 out=tempfile.mkdtemp(prefix=f"bench-{method}-"),
-                model=ModelSpec(str(model_dir)),
+                model=CheckpointSpec(str(model_dir)),
                 root=str(root),
                 frames=FrameConfig(frames=8),
                 method=method,

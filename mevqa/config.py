@@ -161,6 +161,7 @@ class CheckpointSpec(Settings):
 
     SCALAR: ClassVar[str | None] = "model"
     model: str = setting("")
+    _: dataclasses.KW_ONLY  # ModelSpec(path, adapter) would otherwise set the device
     device: str = "auto"
     dtype: Dtype = "auto"
     trust_remote_code: bool = False

@@ -109,9 +109,9 @@ def visual_parts(clip: ClipFrames, cfg: FrameConfig) -> list[Part]:
 class ClipParts:
     """A row's clip as model input, decoded once and kept in a small LRU cache by clip.
 
-    Eval and training both go through this: a clip's questions share its decoded frames (and flow),
-    and handing every question the *same* image objects is what lets the backend see that the
-    questions share their visual prefix.
+    Eval and training both go through this: a clip's questions share its decoded frames (and flow).
+    (That they share their visual prefix is said by the requests' `prefix_key`, the clip's key, which
+    the eval runner sets.)
     """
 
     def __init__(

@@ -33,20 +33,20 @@ def _logits_and_text(backend, clip):
 
 def test_adapter_changes_output(tiny_qwen, qwen, adapter, clips):
     base = qwen
-    tuned = load_backend(ModelSpec(str(tiny_qwen), str(adapter)))
+    tuned = load_backend(ModelSpec(str(tiny_qwen), adapter=str(adapter)))
     lb, tb = _logits_and_text(base, clips["mp4"])
     lt, tt = _logits_and_text(tuned, clips["mp4"])
     assert not torch.allclose(lb, lt, atol=1e-3)
     assert tb != tt
     # loading the same adapter again is deterministic
-    tuned2 = load_backend(ModelSpec(str(tiny_qwen), str(adapter)))
+    tuned2 = load_backend(ModelSpec(str(tiny_qwen), adapter=str(adapter)))
     torch.testing.assert_close(_logits_and_text(tuned2, clips["mp4"])[0], lt)
 
 
 def test_adapter_for_another_architecture_is_refused(tiny_qwen, tiny_idefics3, tmp_path):
     other = make_adapter(tiny_idefics3, tmp_path / "idefics-lora")
     with pytest.raises(ModelError, match="idefics-lora"):
-        load_backend(ModelSpec(str(tiny_qwen), str(other)))
+        load_backend(ModelSpec(str(tiny_qwen), adapter=str(other)))
 
 
 def test_recorded_base_hash_mismatch_is_refused(tiny_qwen, tiny_idefics3, adapter, tmp_path):
@@ -54,9 +54,9 @@ def test_recorded_base_hash_mismatch_is_refused(tiny_qwen, tiny_idefics3, adapte
     shutil.copytree(adapter, moved)
     (moved / "mevqa.yaml").write_text(yaml.safe_dump({"base_config_hash": config_hash(tiny_idefics3)}))
     with pytest.raises(ModelError, match="config hash"):
-        load_backend(ModelSpec(str(tiny_qwen), str(moved)))
+        load_backend(ModelSpec(str(tiny_qwen), adapter=str(moved)))
     (moved / "mevqa.yaml").write_text(yaml.safe_dump({"base_config_hash": config_hash(tiny_qwen)}))
-    assert load_backend(ModelSpec(str(tiny_qwen), str(moved))).adapter == str(moved)
+    assert load_backend(ModelSpec(str(tiny_qwen), adapter=str(moved))).adapter == str(moved)
 
 
 def test_cli_ask_with_adapter_json(tiny_qwen, adapter, clips):
@@ -86,4 +86,4 @@ def test_pickle_weights_are_refused(tiny_qwen, adapter, clips, tmp_path):
     torch.save(load_file(str(lora / "adapter_model.safetensors")), lora / "adapter_model.bin")
     (lora / "adapter_model.safetensors").unlink()
     with pytest.raises(ModelError, match="only pickle weights: adapter_model.bin"):
-        load_backend(ModelSpec(str(tiny_qwen), str(lora)))
+        load_backend(ModelSpec(str(tiny_qwen), adapter=str(lora)))

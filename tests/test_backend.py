@@ -27,15 +27,12 @@ FAMILY_MODES = [(f.name, m) for f in FAMILY_TABLE.values() for m in ("frames", "
 
 def _ask(backend, clip_path, cfg, questions=(Q,), one_by_one=False):
     cf = sample(clip_path, cfg)
-    reqs = [VQARequest(str(i), (question_message(cf, q, cfg),)) for i, q in enumerate(questions)]
+    msgs = [question_message(cf, q, cfg) for q in questions]
+    reqs = [VQARequest(str(i), (m,), prefix_key="clip") for i, m in enumerate(msgs)]
     gen = GenConfig(max_new_tokens=8)
     return (
         [a for r in reqs for a in backend.generate([r], gen)] if one_by_one else backend.generate(reqs, gen)
     )
-
-
-def test_backend_protocol(qwen):
-    assert isinstance(qwen, Backend)
 
 
 @pytest.mark.parametrize("source", ["mp4", "folder"])
@@ -97,13 +94,18 @@ def test_unknown_backend_and_misplaced_settings(tiny_qwen):
 def test_shared_prefix_gives_the_same_answers(backend_of, clips, family, mode):
     """A clip's questions prefilled once (shared images + KV cache) answer exactly as when asked apart;
     a family whose cache cannot be shared (recurrent layers) answers them by the plain batched path."""
+    from mevqa.backends.hf import TransformersBackend
     from mevqa.inputs import visual_parts
     from mevqa.prompts import TEMPLATE_EXAMPLES
 
-    backend = backend_of(family)
+    backend = backend_of(family)  # the session's, which shares the prefix; a variant that does not:
+    plain = TransformersBackend(backend.model, backend.processor, backend.model_id, share_prefix=False)
     cfg = FrameConfig(frames=4, input=mode)
     parts = visual_parts(sample(clips["mp4"], cfg), cfg)
-    reqs = [VQARequest(str(i), (Message.user(*parts, q),)) for i, q in enumerate(TEMPLATE_EXAMPLES[:5])]
+    reqs = [
+        VQARequest(str(i), (Message.user(*parts, q),), prefix_key="clip")
+        for i, q in enumerate(TEMPLATE_EXAMPLES[:5])
+    ]
     gen = GenConfig(max_new_tokens=12)
     pixels = []  # the pixel values the vision tower encoded, call by call
 
@@ -115,15 +117,12 @@ def test_shared_prefix_gives_the_same_answers(backend_of, clips, family, mode):
     try:
         backend.generate(reqs[:1], gen)
         one_clip, pixels[:] = sum(pixels), []
-        backend.share_prefix = True
         shared = [a.text for a in backend.generate(reqs, gen)]
         vision_pixels = sum(pixels)
-        backend.share_prefix = False
-        plain = [a.text for a in backend.generate(reqs, gen)]
+        apart = [a.text for a in plain.generate(reqs, gen)]
     finally:
-        backend.share_prefix = True
         hook.remove()
-    assert shared == plain
+    assert shared == apart
     # the images went through the tower once for all five questions (unshared: once per question)
     assert vision_pixels == one_clip * (1 if FAMILY_TABLE[family].shared_prefix else len(reqs))
 
@@ -142,7 +141,8 @@ def test_several_clips_in_one_batch_answer_as_apart(backend_of, clips, synthme, 
         cfg = FrameConfig(frames=n)
         parts = visual_parts(sample(path, cfg), cfg)
         reqs += [
-            VQARequest(f"{c}.{i}", (Message.user(*parts, q),)) for i, q in enumerate(TEMPLATE_EXAMPLES[:3])
+            VQARequest(f"{c}.{i}", (Message.user(*parts, q),), prefix_key=c)
+            for i, q in enumerate(TEMPLATE_EXAMPLES[:3])
         ]
     gen = GenConfig(max_new_tokens=10)
     calls = []
@@ -157,3 +157,191 @@ def test_several_clips_in_one_batch_answer_as_apart(backend_of, clips, synthme, 
     assert together == apart and all(together)
     # once per clip for nine questions; unshared, the batch's one plain call sees all the images at once
     assert vision_runs == (3 if FAMILY_TABLE[family].shared_prefix else 1)
+
+
+# ---------------------------------------------------------------- the contract: seeds, keys, failures
+def _clip_requests(clips, synthme, questions=3):
+    """Three clips' questions, each clip's under its own prefix key, each question with its own seed."""
+    from mevqa.inputs import visual_parts
+    from mevqa.prompts import TEMPLATE_EXAMPLES
+
+    sources = [clips["mp4"], clips["folder"], sorted((synthme / "frames").iterdir())[0]]
+    reqs = []
+    for c, path in enumerate(sources):
+        cfg = FrameConfig(frames=3)
+        parts = visual_parts(sample(path, cfg), cfg)
+        reqs += [
+            VQARequest(f"{c}.{i}", (Message.user(*parts, q),), prefix_key=c, seed=1000 * c + i)
+            for i, q in enumerate(TEMPLATE_EXAMPLES[:questions])
+        ]
+    return reqs
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_a_sampled_answer_does_not_depend_on_its_batch(qwen, clips, synthme, samples):
+    """The same seeded questions, asked one at a time and four at a time in another order (so each batch
+    mixes other clips and other questions): the same answers, every sample."""
+    reqs = _clip_requests(clips, synthme)
+    gen = GenConfig(max_new_tokens=8, do_sample=True, temperature=1.5, samples=samples)
+    alone = {a.id: (a.text, a.samples) for r in reqs for a in qwen.generate([r], gen)}
+    shuffled = reqs[::-1][::2] + reqs[::-1][1::2]
+    fours = {
+        a.id: (a.text, a.samples)
+        for k in range(0, len(reqs), 4)
+        for a in qwen.generate(shuffled[k : k + 4], gen)
+    }
+    assert fours == alone
+    assert len({text for text, _ in alone.values()}) > 1  # sampled, not one greedy answer
+    if samples > 1:
+        assert any(len(set(s)) > 1 for _, s in alone.values())
+
+
+def test_answering_leaves_torchs_global_rng_alone(qwen, clips, synthme):
+    """Greedy or sampled, answering never reseeds torch's global RNG: held-out scoring inside training
+    must not change the next LoRA dropout draws."""
+    reqs = _clip_requests(clips, synthme, questions=2)
+    for gen in (GenConfig(max_new_tokens=4), GenConfig(max_new_tokens=4, do_sample=True, samples=2)):
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        qwen.generate(reqs, gen)
+        assert torch.equal(torch.rand(3), expected), gen
+
+
+def test_row_sampler_draws_each_row_from_its_own_seed():
+    """The sampler alone, on made-up scores: a row's tokens are the same in any batch it is part of."""
+    from mevqa.backends.hf import RowSampler
+
+    scores = torch.randn(5, 50, generator=torch.Generator().manual_seed(0))
+    ids = torch.zeros(5, 1, dtype=torch.long)
+
+    def picks(rows, steps=6):
+        sampler = RowSampler([10 + r for r in rows], temperature=1.3, top_p=0.9)
+        return [sampler(ids[rows], scores[rows].clone()).argmax(-1).tolist() for _ in range(steps)]
+
+    together = picks([0, 1, 2, 3, 4])
+    for r in range(5):
+        assert [step[0] for step in picks([r])] == [step[r] for step in together]
+    one_hot = RowSampler([1])(ids[:1], scores[:1].clone())
+    assert torch.isfinite(one_hot).sum() == 1  # generate's greedy pick can only take the drawn token
+
+
+def test_requests_without_a_prefix_key_are_answered_apart(qwen, clips, synthme):
+    """No key, no sharing: equal answers, but every question's images go through the vision tower."""
+    keyed = _clip_requests(clips, synthme, questions=2)[:2]
+    unkeyed = [VQARequest(r.id, r.messages) for r in keyed]
+    gen = GenConfig(max_new_tokens=6)
+    calls = []
+    hook = qwen.model.get_submodule("model.visual").register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        shared = [a.text for a in qwen.generate(keyed, gen)]
+        shared_calls, calls[:] = len(calls), []
+        apart = [a.text for a in qwen.generate(unkeyed, gen)]
+    finally:
+        hook.remove()
+    assert shared == apart and shared_calls == 1
+    assert (
+        qwen.prefill_size(qwen.prepare(keyed, gen)).tokens
+        < qwen.prefill_size(qwen.prepare(unkeyed, gen)).tokens
+    )
+
+
+def test_a_failing_generate_ends_the_stream_and_the_next_request_is_served(qwen, monkeypatch):
+    """A generate that raises in the stream's thread ends the stream with one clear error (no hang),
+    and the backend then serves the next request."""
+    import threading
+
+    from mevqa.errors import ModelError
+
+    def drain(request):
+        out = {}
+
+        def run():
+            try:
+                out["texts"] = list(qwen.stream(request, GenConfig(max_new_tokens=6)))
+            except Exception as e:
+                out["error"] = e
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(60)
+        assert not t.is_alive(), "the stream never ended"
+        return out
+
+    real = qwen.model.generate
+    calls = []
+
+    def fails_once(**kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+        return real(**kwargs)
+
+    monkeypatch.setattr(qwen.model, "generate", fails_once)
+    req = VQARequest("q", (Message.user("Describe the face."),))
+    failed = drain(req)
+    assert isinstance(failed.get("error"), ModelError)
+    assert "RuntimeError: CUDA error: an illegal memory access" in str(failed["error"])
+    served = drain(req)
+    assert "error" not in served and served["texts"], served
+
+
+def test_out_of_memory_is_told_by_its_type():
+    from mevqa.backends.base import out_of_memory
+
+    try:
+        torch.empty(2**62, dtype=torch.uint8)  # the CPU allocator: a plain RuntimeError, told by its text
+    except RuntimeError as e:
+        cpu = e
+    assert out_of_memory(cpu)
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert out_of_memory(MemoryError())
+    try:
+        try:
+            raise torch.OutOfMemoryError("no room")
+        except RuntimeError as inner:
+            raise ValueError("the engine failed") from inner
+    except ValueError as e:
+        assert out_of_memory(e)  # what it was raised from counts
+    assert not out_of_memory(RuntimeError("shape mismatch: memory layout of the out tensor"))
+    assert not out_of_memory(ValueError("out of memory, said a prompt"))
+
+
+def test_vllm_out_of_memory_stops_the_run_like_transformers(monkeypatch, tiny_qwen):
+    """The offline vLLM backend's failure policy, on an engine stand-in (test_vllm.py runs the real one):
+    out of memory raises ModelError with the batch size to try; another failure is error rows."""
+    from mevqa.backends.vllm_offline import VLLMBackend
+
+    class Engine:
+        error: Exception
+
+        def generate(self, prompts, params, lora_request=None, use_tqdm=False):
+            raise self.error
+
+    engine = Engine()
+    be = VLLMBackend(llm=engine, processor=None, model_id=str(tiny_qwen))
+    monkeypatch.setattr(be, "prompt", lambda r: {"prompt": r.id})
+    monkeypatch.setattr(be, "_params", lambda r, gen: None)
+    reqs = [VQARequest(str(i), (Message.user(Q),)) for i in range(4)]
+    engine.error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    with pytest.raises(ModelError, match=r"out of memory answering 4 questions at once .*\(try 2\)"):
+        be.generate(reqs, GenConfig())
+    engine.error = RuntimeError("the engine refused this prompt")
+    answers = be.generate(reqs, GenConfig())
+    assert [a.id for a in answers] == ["0", "1", "2", "3"] and all("refused" in a.error for a in answers)
+
+
+def test_backend_is_an_abstract_class_with_one_table_of_names():
+    from mevqa import config
+    from mevqa.backends.base import BACKEND_NAMES, BACKENDS
+
+    with pytest.raises(TypeError, match="abstract"):
+        Backend()
+
+    class NoGenerate(Backend):
+        name = "x"
+
+    with pytest.raises(TypeError, match="generate"):
+        NoGenerate()
+    assert BACKEND_NAMES == tuple(BACKENDS)
+    assert set(config.BACKEND_NAMES) == set(BACKENDS)  # the settings' --backend choices

@@ -130,7 +130,10 @@ def test_shared_prefix_uses_generates_current_cache_argument(qwen, clips, capfd)
 
     cfg = FrameConfig(frames=2)
     parts = question_message(sample(clips["mp4"], cfg), "q", cfg).parts[:-1]
-    reqs = [VQARequest(str(i), (Message.user(*parts, q),)) for i, q in enumerate(TEMPLATE_EXAMPLES[:3])]
+    reqs = [
+        VQARequest(str(i), (Message.user(*parts, q),), prefix_key="clip")
+        for i, q in enumerate(TEMPLATE_EXAMPLES[:3])
+    ]
     hf_logging.set_verbosity_warning()
     generic.logger.warning_once.cache_clear()  # it warns once per process
     capfd.readouterr()

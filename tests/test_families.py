@@ -85,7 +85,7 @@ def test_merged_adapter_answers_as_the_unmerged_one(synthme, tiny_of, tmp_path, 
     r = cli("adapters", "merge", adapter, "--out", tmp_path / "merged")
     assert r.returncode == 0, r.stderr
     batch = batch_of(cfg_for(synthme, base, tmp_path), load_processor(str(base)))
-    a = load_backend(ModelSpec(str(base), str(adapter), device="cpu")).model
+    a = load_backend(ModelSpec(str(base), adapter=str(adapter), device="cpu")).model
     b = load_backend(ModelSpec(str(tmp_path / "merged"), device="cpu")).model
     plain = load_backend(ModelSpec(str(base), device="cpu")).model
     with torch.no_grad():
@@ -138,3 +138,63 @@ def test_an_architecture_outside_the_table_needs_its_lora_targets_named(synthme,
     assert lora_targets(named, "llava") == r"(?:.*q_proj)"
     assert "model.vision_tower" in full_precision_for("llava")  # 4-bit keeps any known tower name
     assert lora_targets(cfg, "qwen3_vl") == f"(?:{FAMILY_TABLE['qwen3_vl'].lm_targets})"
+
+
+# Qwen3.5's published template thinks unless told not to; the tiny one (tiny.py) answers directly unless
+# told to think, so a test of the flag swaps in a template with the published default.
+_TINY_GENERATION = (
+    "{% if enable_thinking is defined and enable_thinking %}<think>\n{% else %}<think>\n\n</think>\n\n"
+)
+_PUBLISHED_GENERATION = (
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n"
+)
+
+
+def test_qwen3_5_prompts_do_not_open_a_think_block(backend_of, tiny_of, monkeypatch):
+    """Every place mevqa renders a Qwen3.5 prompt passes `enable_thinking=False`: the transformers and vLLM
+    backends, training's collator, and a served model's request body."""
+    from mevqa.backends.base import VQARequest, chat_template_kwargs
+    from mevqa.backends.openai_server import OpenAIBackend
+    from mevqa.backends.vllm_offline import VLLMBackend
+    from mevqa.config import GenConfig
+    from mevqa.models.tiny import QWEN3_5_CHAT_TEMPLATE
+    from mevqa.prompts import Message
+    from mevqa.train.data import AnswerOnlyCollator
+
+    assert _TINY_GENERATION in QWEN3_5_CHAT_TEMPLATE
+    backend = backend_of("qwen3_5")
+    published = QWEN3_5_CHAT_TEMPLATE.replace(_TINY_GENERATION, _PUBLISHED_GENERATION)
+    monkeypatch.setattr(backend.processor, "chat_template", published)
+    req = VQARequest("q", (Message.user("What is the coarse expression class?"),))
+    chat = [{"role": "user", "content": [{"type": "text", "text": "What is the coarse expression class?"}]}]
+    thinking = backend.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert thinking.endswith("<|im_start|>assistant\n<think>\n")  # the published default
+    text, _, _ = backend._render(req)
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    kwargs, model = {"enable_thinking": False}, str(tiny_of("qwen3_5"))
+    assert chat_template_kwargs(model) == kwargs
+    assert VLLMBackend(llm=None, processor=backend.processor, model_id=model).prompt(req)["prompt"] == text
+    served = OpenAIBackend(["http://127.0.0.1:9/v1"], "m", template_kwargs=chat_template_kwargs(model))
+    assert served._payload(req, GenConfig(), 1, None)["chat_template_kwargs"] == kwargs
+    # training: the answer's labels start after the closed think block the prompt ends with
+    collate = AnswerOnlyCollator(backend.processor, kwargs)
+    enc = collate([(req.messages[0], "negative")])
+    labelled = enc["input_ids"][0][enc["labels"][0] != -100]
+    assert backend.processor.tokenizer.decode(labelled).startswith("negative")
+
+
+def test_other_families_render_without_template_variables(backend_of, tiny_qwen):
+    from mevqa.backends.base import VQARequest, chat_template_kwargs
+    from mevqa.backends.openai_server import OpenAIBackend
+    from mevqa.config import GenConfig
+    from mevqa.models.families import chat_template_kwargs as of_type
+    from mevqa.prompts import Message
+
+    assert chat_template_kwargs(str(tiny_qwen)) == {} and of_type("llava") == {}
+    assert backend_of("qwen2_5_vl").template_kwargs == {}
+    assert chat_template_kwargs("no/such-model-here") == {}  # a served name with no local config
+    payload = OpenAIBackend(["http://127.0.0.1:9/v1"], "m")._payload(
+        VQARequest("q", (Message.user("hi"),)), GenConfig(), 1, None
+    )
+    assert "chat_template_kwargs" not in payload

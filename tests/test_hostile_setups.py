@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import cli, eval_cli, served_eval_args, train_args
+from helpers import cli, served_eval_args, train_args
 from test_cli_errors import assert_clean_error
 
 from mevqa.backends.base import VQARequest
@@ -259,34 +259,6 @@ def test_a_failing_vllm_start_is_one_line_and_its_traceback_goes_to_the_log(tiny
     log.unlink()
 
 
-@pytest.mark.skipif(not ON_CPU, reason="needs vLLM's CPU build (make vllm)")
-def test_serve_on_cpu_with_an_in_process_eval_beside_it(synthme, tiny_qwen, tmp_path, monkeypatch):
-    """A real `mevqa serve` with no KV setting of the user's: it reserves what the tiny model needs (not
-    0.9 of all RAM), and an in-process eval beside it neither starves it nor gets it killed."""
-    import test_vllm
-
-    original = test_vllm.vllm_env
-
-    def env_without_kv_setting(cache):
-        env = original(cache)
-        env.pop("VLLM_CPU_KVCACHE_SPACE")
-        return env
-
-    monkeypatch.setattr(test_vllm, "vllm_env", env_without_kv_setting)
-    server = test_vllm.VLLMServer(tiny_qwen, [], tmp_path).start(timeout=540)
-    try:
-        beside = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, tmp_path / "local", "--limit", "4")
-        assert beside.returncode == 0, beside.stdout + beside.stderr
-        r = cli(*served_eval_args(synthme, tiny_qwen, tmp_path / "remote", server.url), "--limit", "4")
-        assert r.returncode == 0 and "0 errors" in r.stdout, r.stdout + r.stderr
-        assert server.proc.poll() is None
-    finally:
-        server.stop()
-    log = (tmp_path / "serve.log").read_text()
-    assert "--kv-cache-memory-bytes 134217728" in log and "--gpu-memory-utilization" not in log, log[-3000:]
-    assert "Explicitly set (0.12/" in log, log[-3000:]  # vLLM's own report of the KV cache it made
-
-
 def test_the_offline_engine_sizes_its_kv_cache_on_cpu_too(tiny_qwen, monkeypatch):
     from mevqa.backends.vllm_offline import memory_kwargs
     from mevqa.config import ModelSpec
@@ -299,22 +271,3 @@ def test_the_offline_engine_sizes_its_kv_cache_on_cpu_too(tiny_qwen, monkeypatch
     assert memory_kwargs(spec, VLLMSpec(), False) == {"gpu_memory_utilization": 0.9}
     got = memory_kwargs(spec, VLLMSpec(kv_cache_gib=1, max_num_seqs=2), True)
     assert got == {"kv_cache_memory_bytes": 2**30, "max_num_seqs": 2}
-
-
-@pytest.mark.skipif(not ON_CPU, reason="needs vLLM's CPU build (make vllm)")
-def test_offline_vllm_eval_on_cpu_reserves_what_the_model_needs(synthme, tiny_qwen, tmp_path):
-    from test_vllm import EVAL_ENGINE, vllm_env
-
-    env = vllm_env(tmp_path / "cache")
-    env.pop("VLLM_CPU_KVCACHE_SPACE")
-    data = ["--data", str(synthme / "test.jsonl"), "--root", str(synthme), "--model", str(tiny_qwen)]
-    r = subprocess.run(
-        [VLLM_PY, "-m", "mevqa", "eval", *data, "--out", str(tmp_path / "o"), "--limit", "2", "-v"]
-        + ["--max-new-tokens", "4", "--backend", "vllm", *EVAL_ENGINE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Explicitly set (0.25/" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]

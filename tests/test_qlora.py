@@ -70,8 +70,8 @@ def test_qlora_adapter_answers_alike_on_the_unquantized_and_the_4bit_base(qlora,
         gen=GenConfig(max_new_tokens=8),
     )
     rows = read_jsonl(synthme / "test.jsonl")
-    full = load_backend(ModelSpec(str(tiny_qwen), str(out)))
-    four = load_backend(ModelSpec(str(tiny_qwen), str(out), load_in_4bit=True))
+    full = load_backend(ModelSpec(str(tiny_qwen), adapter=str(out)))
+    four = load_backend(ModelSpec(str(tiny_qwen), adapter=str(out), load_in_4bit=True))
     a = [x.text for _, x in answer_rows(cfg, full, rows)]
     b = [x.text for _, x in answer_rows(cfg, four, rows)]
     agree = sum(x == y for x, y in zip(a, b))

@@ -12,6 +12,7 @@ from mevqa.models.families import FAMILIES, get
 from mevqa.models.tiny import TEXT_SIZES, build_tiny
 
 
+@pytest.mark.slow  # builds three tiny checkpoints
 @pytest.mark.parametrize("family", FAMILIES)
 def test_same_seed_same_bytes(tmp_path, family):
     a = build_tiny(family, tmp_path / "a", seed=3)

@@ -36,8 +36,11 @@ EVAL_ENGINE = ["--dtype", "float32", "--vllm-args", "max_model_len=2048,enforce_
 
 
 def vllm_env(cache: Path) -> dict[str, str]:
-    """A 1 GiB KV cache (this machine's memory is shared) and compile caches in a temporary folder."""
-    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(cache)}
+    """vLLM's compile caches in a temporary folder, and no KV-cache size of ours: on CPU mevqa sizes it from
+    the model (what the tests below check), as it does for users."""
+    env = {**os.environ, "VLLM_CACHE_ROOT": str(cache)}
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    return env
 
 
 def descendants(pid: int) -> set[int]:
@@ -213,6 +216,7 @@ def test_offline_vllm_engine_equals_the_server(server, adapters, synthme, tiny_q
             "--backend",
             "vllm",
             *EVAL_ENGINE,
+            "-v",
         ],
         env=env,
         capture_output=True,
@@ -222,6 +226,21 @@ def test_offline_vllm_engine_equals_the_server(server, adapters, synthme, tiny_q
     assert r.returncode == 0, r.stderr[-3000:]
     offline = {row_id(p): p["answer"] for p in read_jsonl(out / "predictions.jsonl")}
     assert offline == remote  # the same engine and detokenizer: exactly equal
+    # on CPU the in-process engine reserves what the model needs (2048 tokens x 256 seqs), not 0.9 of RAM
+    assert "Explicitly set (0.25/" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+
+
+def test_the_server_sized_its_kv_cache_and_an_eval_runs_beside_it(server, synthme, tiny_qwen, tmp_path):
+    """No KV setting of the user's: `mevqa serve` reserved what the tiny model needs (not 0.9 of all RAM),
+    and an in-process eval beside it neither starves it nor gets it killed."""
+    beside = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, tmp_path / "local", "--limit", "4")
+    assert beside.returncode == 0, beside.stdout + beside.stderr
+    r = cli(*served_eval_args(synthme, tiny_qwen, tmp_path / "remote", server.url), "--limit", "4")
+    assert r.returncode == 0 and "0 errors" in r.stdout, r.stdout + r.stderr
+    assert server.proc.poll() is None
+    log = (server.work / "serve.log").read_text()
+    assert "--kv-cache-memory-bytes 134217728" in log and "--gpu-memory-utilization" not in log, log[-3000:]
+    assert "Explicitly set (0.12/" in log, log[-3000:]  # vLLM's own report of the KV cache it made
 
 
 def test_unknown_adapter_is_one_clear_error(server, synthme, tiny_qwen, tmp_path):

@@ -1,6 +1,5 @@
-"""The newer families in the real vLLM (CPU build): `mevqa serve` serves the tiny base + a LoRA adapter,
-and eval through it answers as in-process. (Qwen2.5-VL has the full set in test_vllm.py; Idefics3, served
-by hand once, answered 20/20 as in-process, base and adapter; it is left out to spare the suite a start-up.)
+"""The other families in the real vLLM (CPU build): `mevqa serve` serves the tiny base + a LoRA adapter,
+and eval through it answers as in-process. (Qwen2.5-VL has the full set in test_vllm.py.)
 
 Qwen3.5 runs in bfloat16 on both sides: vLLM's CPU kernel for its Gated DeltaNet layers takes nothing
 else, and its bf16 rounding differs from transformers' reference implementation, so a few greedy answers
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.skipif(
     VLLM_PY is None, reason="no vLLM environment: build it with `make vllm` (scripts/vllm-env.sh)"
 )
 # family -> (dtype, least share of whole answers equal to in-process)
-SERVED = {"qwen3_vl": ("float32", 1.0), "qwen3_5": ("bfloat16", 0.7)}
+SERVED = {"idefics3": ("float32", 1.0), "qwen3_vl": ("float32", 1.0), "qwen3_5": ("bfloat16", 0.7)}
 
 
 @pytest.mark.parametrize("family", sorted(SERVED))

@@ -9,13 +9,17 @@ size to try.
 
 from __future__ import annotations
 
+import abc
 import importlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
-from mevqa.config import BACKEND_NAMES, GenConfig, ModelSpec, ServerSpec, VLLMSpec
+from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import InputError, MissingDependency, ModelError
+from mevqa.models import families
+from mevqa.models.shapes import base_config
 from mevqa.prompts import Message
 
 
@@ -23,16 +27,24 @@ from mevqa.prompts import Message
 class VQARequest:
     """One question about one clip, already rendered as chat messages.
 
+    One adapter per backend: the backend answers with the adapter it was loaded with (`ModelSpec.adapter`);
+    a request does not choose one. To compare adapters, run one eval per adapter against one `mevqa serve`
+    (it serves every adapter under its own name), so each run keeps its own predictions and fingerprint.
+
     Attributes:
         id: row id (echoed in the answer).
         messages: the conversation so far, ending with the user's question.
-        adapter: adapter for backends that serve several (vLLM multi-LoRA); None = as loaded.
-        seed: sampling seed for this question (sampled answers are reproducible per question).
+        prefix_key: requests with the same key show the model the same images after the same turns (only
+            the text of their last message differs), so a backend may compute that shared prefix once (the
+            eval runner uses the clip's key). None: the request shares nothing with the others (the
+            samples of one request still share their prefix).
+        seed: sampling seed for this question: a sampled answer depends on the request and its seed only,
+            not on the batch it is answered in.
     """
 
     id: str
     messages: tuple[Message, ...]
-    adapter: str | None = None
+    prefix_key: Hashable | None = None
     seed: int | None = None
 
 
@@ -51,24 +63,38 @@ class Answer:
         return self.error is None
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """What runs the model. `generate` answers one batch (the caller sizes it)."""
+@dataclass(frozen=True)
+class Prepared:
+    """What `Backend.prepare` hands to `Backend.run`: the batch's requests, plus whatever a backend did
+    ahead of the model (a subclass of its own)."""
 
-    name: str
+    requests: list[VQARequest]
 
+
+P = TypeVar("P", bound=Prepared)
+
+
+class Backend(abc.ABC, Generic[P]):
+    """What runs the model. `generate` answers one batch (the caller sizes it).
+
+    `prepare` / `run` split `generate` in a CPU half and a model half, so a caller can prepare the next
+    batch while one runs; `P` is what the first hands to the second (`Prepared`, or a backend's subclass
+    of it: `TransformersBackend` is a `Backend[PlannedBatch]`)."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
     def generate(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
         """Answer every request, in order; failures are answers with `error` set."""
-        ...
 
-    def prepare(self, requests: list[VQARequest], gen: GenConfig) -> Any:
+    def prepare(self, requests: list[VQARequest], gen: GenConfig) -> P:
         """The CPU half of `generate` (rendering, preprocessing), run ahead while the previous batch
-        generates; by default nothing is done ahead."""
-        return requests
+        generates; by default nothing is done ahead (a `Backend[Prepared]`)."""
+        return cast(P, Prepared(requests))
 
-    def run(self, prepared: Any, gen: GenConfig) -> list[Answer]:
+    def run(self, prepared: P, gen: GenConfig) -> list[Answer]:
         """The model half: answers for what `prepare` returned."""
-        return self.generate(prepared, gen)
+        return self.generate(prepared.requests, gen)
 
     def stream(self, request: VQARequest, gen: GenConfig) -> Iterator[str]:
         """Yield the answer as it grows (chat UIs); by default, the whole answer at once."""
@@ -78,10 +104,31 @@ class Backend(Protocol):
         yield ans.text
 
 
+# out of memory without a type of its own (see out_of_memory)
+UNTYPED_OOM = ("can't allocate memory", "CUDA error: out of memory")
+
+
 def out_of_memory(e: BaseException) -> bool:
-    """A CUDA out-of-memory (torch.OutOfMemoryError), the CPU allocator's failure or Python's MemoryError."""
-    text = str(e).lower()
-    return isinstance(e, MemoryError) or any(m in text for m in ("out of memory", "can't allocate memory"))
+    """Whether `e` (or what it was raised from) is running out of memory: torch.OutOfMemoryError (CUDA's
+    caching allocator) or MemoryError (Python, numpy, PIL).
+
+    Two failures carry no type of their own and are told by their text: torch's CPU allocator raises a
+    plain RuntimeError ("DefaultCPUAllocator: can't allocate memory", torch 2.14), and a CUDA call outside
+    the caching allocator (cuBLAS or cuDNN workspaces) raises "CUDA error: out of memory" as a
+    RuntimeError (torch.AcceleratorError).
+    """
+    torch = sys.modules.get("torch")  # never imported for it: a served model (--backend openai) has none
+    oom_types: tuple[type[BaseException], ...] = (MemoryError,) + ((torch.OutOfMemoryError,) if torch else ())
+    seen: BaseException | None = e
+    for _ in range(8):  # what it was raised from, a few links deep
+        if seen is None:
+            return False
+        if isinstance(seen, oom_types):
+            return True
+        if isinstance(seen, RuntimeError) and any(m in str(seen) for m in UNTYPED_OOM):
+            return True
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return False
 
 
 def oom_error(questions: int) -> ModelError:
@@ -92,13 +139,25 @@ def oom_error(questions: int) -> ModelError:
     )
 
 
-# name -> "module:Class"; imported only when chosen, so optional packages stay optional.
+def chat_template_kwargs(model: str) -> dict[str, Any]:
+    """The chat-template variables of the family of `model` (a folder or a Hub id in the local cache), read
+    from its config.json; none when the config cannot be read here or the family is not in the table."""
+    try:
+        config = base_config(model)
+    except InputError:
+        return {}
+    return families.chat_template_kwargs(str(config.get("model_type", ""))) if config else {}
+
+
+# The one table of backends: name -> "module:Class", imported only when chosen, so optional packages stay
+# optional. (The settings spell the same names for `--backend`'s choices, `config.BACKEND_NAMES`: config
+# sits below this layer and cannot import it; tests/test_backend.py checks that the two agree.)
 BACKENDS: dict[str, str] = {
     "transformers": "mevqa.backends.hf:TransformersBackend",
     "openai": "mevqa.backends.openai_server:OpenAIBackend",
     "vllm": "mevqa.backends.vllm_offline:VLLMBackend",
 }
-assert tuple(BACKENDS) == BACKEND_NAMES
+BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
 
 
 def set_threads(n: int | None) -> None:
@@ -135,3 +194,22 @@ def load_backend(
             f"--backend {model.backend} — needs {e.name}: pip install 'mevqa[{model.backend}]'"
         ) from None
     return getattr(mod, cls).from_config(model, server, engine)
+
+
+def adapter_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """The frame settings and prompt an adapter recorded (`mevqa.yaml`): the defaults of every front end that
+    answers with it (ask, chat, eval, the app). A served adapter NAME is traced to its folder through the
+    server's model list. (Here, not in models/adapters.py beside `recorded_settings`: the trace asks a
+    server.)"""
+    import os
+
+    from mevqa.models.adapters import recorded_settings  # transformers: only for a command that answers
+
+    model, server = values.get("model", {}), values.get("server", {})
+    adapter = model.get("adapter")
+    if adapter and model.get("backend") == "openai" and server.get("base_url") and not os.path.isdir(adapter):
+        from mevqa.backends.openai_server import served_folder
+
+        api_key = server.get("api_key") or os.environ.get("MEVQA_API_KEY")
+        adapter = served_folder(server["base_url"][0], adapter, api_key) or adapter
+    return recorded_settings(adapter)

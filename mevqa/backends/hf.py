@@ -1,26 +1,30 @@
 """In-process transformers backend: any HF image-text-to-text model, optionally with a LoRA adapter.
 
 `prepare` is the CPU half (chat template, image processor, tokenizer), `run` the model half, so the eval
-runner can prepare the next batch while this one generates. Questions about the same clip share their
-visual prefix: the images and the prompt up to the question are prefilled once.
+runner can prepare the next batch while this one generates. Questions with the same `prefix_key` (the same
+clip) share their visual prefix, prefilled once, and several clips' questions decode in one call
+(`prefix_batch.py`). Sampling draws each row from a generator of its own, seeded by its request, so a
+sampled answer does not depend on the batch it lands in, and torch's global RNG is never touched (training
+that scores held-out questions keeps its dropout draws).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 import transformers
-from transformers import DynamicCache, ProcessorMixin, TextIteratorStreamer
+from transformers import ProcessorMixin, TextIteratorStreamer
 
-from mevqa.backends.base import Answer, Backend, VQARequest, oom_error, out_of_memory
+from mevqa.backends import prefix_batch
+from mevqa.backends.base import Answer, Backend, Prepared, VQARequest, oom_error, out_of_memory
+from mevqa.backends.prefix_batch import Job
 from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import ModelError
 from mevqa.models import families
@@ -29,54 +33,32 @@ from mevqa.models.loading import load_model, load_processor
 from mevqa.prompts import VideoPart, to_hf, video_kwargs
 
 log = logging.getLogger(__name__)
-# transformers 5.24 renamed generate's `past_key_values` to `cache` (the old name goes in 6.0)
-CACHE_KW = (
-    "cache" if "cache" in getattr(transformers.generation.utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
-)
 
 
-def _visual_key(r: VQARequest) -> tuple:
-    """Requests with the same key show the model the same image objects after the same turns."""
-    *history, last = r.messages
-    visuals = tuple(id(p) for p in last.parts if not isinstance(p, str))
-    return (tuple(history), last.role, visuals) if visuals else (id(r),)
+@dataclass(frozen=True)
+class PlannedBatch(Prepared):
+    """A prepared batch: its requests, each repeated `samples` times as rows, answered by `jobs`."""
 
-
-@dataclass
-class Job:
-    """One model call: `rows` are positions in the (sample-expanded) batch it answers.
-
-    `inputs` are processor outputs (plain job) or the shared prefix's (shared job, with `suffixes`: the
-    token ids of each question after the prefix)."""
-
-    rows: list[int]
-    inputs: dict[str, Any]
-    suffixes: list[list[int]] = field(default_factory=list)
-
-
-@dataclass
-class Prepared:
-    requests: list[VQARequest]
     samples: int
     jobs: list[Job]
 
-
-def _stack(caches: list[Any], repeats: list[int], length: int) -> Any:
-    """Per-clip KV caches as one: each left-padded (zeros, masked) to `length` and repeated per question."""
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0))
-
-    layers = []
-    for per_clip in zip(*(c.layers for c in caches)):
-        keys = torch.cat([pad(x.keys).repeat_interleave(k, 0) for x, k in zip(per_clip, repeats)])
-        values = torch.cat([pad(x.values).repeat_interleave(k, 0) for x, k in zip(per_clip, repeats)])
-        layers.append((keys, values))
-    return DynamicCache(ddp_cache_data=layers)
+    def row_seeds(self, rows: list[int]) -> list[int | None]:
+        """The sampling seed of each row: its request's seed, plus the sample's index."""
+        seeds = [self.requests[i // self.samples].seed for i in rows]
+        return [None if s is None else s + i % self.samples for s, i in zip(seeds, rows)]
 
 
-class TransformersBackend(Backend):
-    """Batched generation with `model.generate`; left padding; one clip's questions share its prefix."""
+@dataclass(frozen=True)
+class PrefillSize:
+    """What the model computes before decoding a prepared batch: prompt tokens and vision patches."""
+
+    tokens: int
+    patches: int
+
+
+class TransformersBackend(Backend[PlannedBatch]):
+    """Batched generation with `model.generate`, left-padded; requests with the same `prefix_key` share
+    their prefix, prefilled once."""
 
     name = "transformers"
 
@@ -111,9 +93,16 @@ class TransformersBackend(Backend):
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------ CPU half
+    @property
+    def template_kwargs(self) -> dict[str, Any]:
+        """The family's chat-template variables (Qwen3.5: no thinking); none outside the table."""
+        return dict(self.family.chat_template_kwargs) if self.family is not None else {}
+
     def _render(self, r: VQARequest) -> tuple[str, list, list[VideoPart]]:
         chat, imgs, vids = to_hf(list(r.messages))
-        text = self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        text = self.processor.apply_chat_template(
+            chat, add_generation_prompt=True, tokenize=False, **self.template_kwargs
+        )
         return text, imgs, vids
 
     def _process(self, texts: list[str], images: list[list], videos: list[VideoPart]) -> dict[str, Any]:
@@ -132,41 +121,52 @@ class TransformersBackend(Backend):
             [t for t, _, _ in rendered], [i for _, i, _ in rendered], [v for _, _, vs in rendered for v in vs]
         )
 
-    @functools.cached_property
+    @cached_property
     def _boundary_tokens(self) -> list[str]:
         """Special/added token strings: a cut right after one tokenizes the same split or joined."""
         return sorted(self.processor.tokenizer.get_added_vocab(), key=len, reverse=True)
 
-    def _split_point(self, texts: list[str]) -> int:
-        common = os.path.commonprefix(texts)
-        return max((common.rfind(t) + len(t) for t in self._boundary_tokens if t in common), default=0)
-
     def _shared_job(self, rows: list[int], requests: list[VQARequest]) -> Job:
+        """The prefix the requests share (the first one's images), processed once, and each suffix's ids."""
         rendered = [self._render(r) for r in requests]
         texts = [t for t, _, _ in rendered]
-        cut = self._split_point(texts)
-        prefix = self._process([texts[0][:cut]], [rendered[0][1]], rendered[0][2])
+        at = prefix_batch.cut(texts, self._boundary_tokens)
+        prefix = self._process([texts[0][:at]], [rendered[0][1]], rendered[0][2])
         tok = self.processor.tokenizer
-        return Job(rows, prefix, [tok(t[cut:], add_special_tokens=False)["input_ids"] for t in texts])
+        return Job(rows, prefix, [tok(t[at:], add_special_tokens=False)["input_ids"] for t in texts])
 
-    def prepare(self, requests: list[VQARequest], gen: GenConfig) -> Prepared:
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether requests with the same `prefix_key` are prefilled once (the family's cache allows it)."""
+        return self.share_prefix and self.family is not None and self.family.shared_prefix
+
+    def prepare(self, requests: list[VQARequest], gen: GenConfig) -> PlannedBatch:
         """Render and process the batch: a job per clip whose questions share the prefix, one for the rest."""
-        expanded = [r for r in requests for _ in range(gen.samples)]
-        groups: dict[tuple, list[int]] = {}
-        share = self.share_prefix and self.family is not None and self.family.shared_prefix
-        for i, r in enumerate(expanded):
-            groups.setdefault(_visual_key(r) if share else (i,), []).append(i)
-        jobs = [self._shared_job(ix, [expanded[i] for i in ix]) for ix in groups.values() if len(ix) > 1]
-        singles = [ix[0] for ix in groups.values() if len(ix) == 1]
-        if singles:
-            jobs.append(Job(singles, self.encode([expanded[i] for i in singles])))
-        return Prepared(requests, gen.samples, jobs)
+        n = gen.samples
+        expanded = [r for r in requests for _ in range(n)]
+        jobs = [
+            self._shared_job(list(g.rows), [expanded[i] for i in g.rows])
+            if g.shared
+            else Job(list(g.rows), self.encode([expanded[i] for i in g.rows]))
+            for g in prefix_batch.plan(requests, n, self.shares_prefix)
+        ]
+        return PlannedBatch(requests, n, jobs)
+
+    def prefill_size(self, prepared: PlannedBatch) -> PrefillSize:
+        """The prompt tokens (a shared prefix counted once) and vision patches the model computes for a
+        prepared batch, before its first new token (`bench gpu`'s FLOP count)."""
+        patches = sum(j.inputs["pixel_values"].shape[0] for j in prepared.jobs if "pixel_values" in j.inputs)
+        return PrefillSize(sum(j.tokens for j in prepared.jobs), patches)
 
     # ------------------------------------------------------------ model half
-    def _sampling(self, gen: GenConfig) -> dict[str, Any]:
-        if gen.sampling:
-            return {"do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p}
-        return {"do_sample": False}
+    def _sampling(self, gen: GenConfig, seeds: list[int | None]) -> dict[str, Any]:
+        """generate's decoding arguments. Sampling is a logits processor that draws each row's token from
+        its own generator; generate then takes that token greedily, and its own RNG use (the global one)
+        never happens."""
+        if not gen.sampling:
+            return {"do_sample": False}
+        sampler = RowSampler(seeds, gen.temperature, gen.top_p)
+        return {"do_sample": False, "logits_processor": transformers.LogitsProcessorList([sampler])}
 
     def _decode(self, new_tokens: torch.Tensor) -> list[str]:
         return [t.strip() for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -175,77 +175,49 @@ class TransformersBackend(Backend):
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
     @torch.inference_mode()
-    def _run_plain(self, job: Job, gen: GenConfig) -> list[str]:
+    def _run_plain(self, job: Job, gen: GenConfig, seeds: list[int | None]) -> list[str]:
         inputs = self._to_device(job.inputs)
-        out = self.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, **self._sampling(gen))
+        out = self.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, **self._sampling(gen, seeds))
         return self._decode(out[:, inputs["input_ids"].shape[1] :])
 
-    def _rope_holder(self) -> Any:
-        """The module keeping Qwen2-VL-style multimodal RoPE offsets (`rope_deltas`), if the family has it."""
-        if self.family is None or self.family.rope_deltas is None:
-            return None
-        # under a PEFT wrapper the table's path starts at the wrapped ...ForConditionalGeneration
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return base.get_submodule(self.family.rope_deltas)
-
-    @torch.inference_mode()
-    def _run_shared(self, jobs: list[Job], gen: GenConfig) -> list[list[str]]:
-        """Several clips' questions in one decode, each clip's visual prefix computed once.
-
-        Each clip's prefix (system turn, every image, up to the question) is prefilled on its own, so the
-        vision tower and the long multimodal prefill run once per clip instead of once per question. The
-        caches are left-padded to one length and stacked, one row per question; each question's suffix is
-        left-padded *after* its prefix (masked). Positions come from the mask, so padding shifts nothing;
-        for Qwen2-VL-style RoPE each row also gets its own clip's offset.
-        """
-        prefixes, caches, deltas = [], [], []
-        holder = self._rope_holder()
-        for job in jobs:
-            prefixes.append(self._to_device(job.inputs))
-            caches.append(getattr(self.model(**prefixes[-1], use_cache=True), CACHE_KW))
-            deltas.append(holder.rope_deltas if holder is not None else None)
-        ks = [len(j.suffixes) for j in jobs]
-        p, s = max(x["input_ids"].shape[1] for x in prefixes), max(len(x) for j in jobs for x in j.suffixes)
-        ids = torch.full(
-            (sum(ks), p + s), self.processor.tokenizer.pad_token_id, dtype=torch.long, device=self.device
-        )
-        mask = torch.zeros_like(ids)
-        row = 0
-        for prefix, job in zip(prefixes, jobs):
-            n = prefix["input_ids"].shape[1]
-            ids[row : row + len(job.suffixes), p - n : p] = prefix["input_ids"]
-            mask[row : row + len(job.suffixes), p - n : p] = prefix["attention_mask"]
-            for suf in job.suffixes:
-                ids[row, p + s - len(suf) :] = torch.tensor(suf, device=self.device)
-                mask[row, p + s - len(suf) :] = 1
-                row += 1
-        cache = _stack(caches, ks, p)
-        if holder is not None and deltas[0] is not None:
-            holder.rope_deltas = torch.cat([d.repeat(k, 1) for d, k in zip(deltas, ks)])
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+    def _run_shared(self, jobs: list[Job], gen: GenConfig, seeds: list[int | None]) -> list[list[str]]:
+        """Several clips' questions in one decode, each clip's prefix prefilled once (`prefix_batch`)."""
+        new = prefix_batch.generate_shared(
+            self.model,
+            jobs,
+            self.processor.tokenizer.pad_token_id,
+            self.family.rope_deltas if self.family is not None else None,
             max_new_tokens=gen.max_new_tokens,
-            **{CACHE_KW: cache},
-            **self._sampling(gen),
+            **self._sampling(gen, seeds),
         )
-        texts = self._decode(out[:, p + s :])
-        return [texts[sum(ks[:i]) : sum(ks[: i + 1])] for i in range(len(jobs))]
+        texts, out = self._decode(new), []
+        for job in jobs:
+            out.append(texts[: len(job.rows)])
+            texts = texts[len(job.rows) :]
+        return out
 
-    def run(self, prepared: Prepared, gen: GenConfig) -> list[Answer]:
+    def _texts(self, prepared: PlannedBatch, gen: GenConfig) -> list[str]:
+        """Every row's answer: the shared jobs in one decode (one per clip without cross-clip batching),
+        then the plain job."""
+        shared = [j for j in prepared.jobs if j.shared]
+        calls = [shared] if self.cross_clip else [[j] for j in shared]
+        results = []
+        for jobs in (c for c in calls if c):
+            seeds = prepared.row_seeds([i for j in jobs for i in j.rows])
+            results += zip(jobs, self._run_shared(jobs, gen, seeds))
+        for job in (j for j in prepared.jobs if not j.shared):
+            results.append((job, self._run_plain(job, gen, prepared.row_seeds(job.rows))))
+        texts = [""] * (len(prepared.requests) * prepared.samples)
+        for job, answers in results:
+            for i, t in zip(job.rows, answers):
+                texts[i] = t
+        return texts
+
+    def run(self, prepared: PlannedBatch, gen: GenConfig) -> list[Answer]:
         """Generate every job; a request that fails gets an error answer, the others still get theirs."""
         t0 = time.perf_counter()
-        if prepared.requests and prepared.requests[0].seed is not None:
-            torch.manual_seed(prepared.requests[0].seed)  # sampled answers are reproducible per batch
-        texts: list[str] = [""] * (len(prepared.requests) * prepared.samples)
-        shared = [j for j in prepared.jobs if j.suffixes]
         try:
-            groups = [shared] if self.cross_clip else [[j] for j in shared]
-            results = [r for g in groups if g for r in zip(g, self._run_shared(g, gen))]
-            results += [(j, self._run_plain(j, gen)) for j in prepared.jobs if not j.suffixes]
-            for job, answers in results:
-                for i, t in zip(job.rows, answers):
-                    texts[i] = t
+            texts = self._texts(prepared, gen)
         except (ValueError, RuntimeError, MemoryError) as e:
             if out_of_memory(e):
                 raise oom_error(len(prepared.requests)) from None
@@ -271,7 +243,8 @@ class TransformersBackend(Backend):
         inputs = self._to_device(self.encode([request]))
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop, failed = threading.Event(), []
-        kwargs = {**inputs, "max_new_tokens": gen.max_new_tokens, "streamer": streamer, **self._sampling(gen)}
+        kwargs = {**inputs, "max_new_tokens": gen.max_new_tokens, "streamer": streamer}
+        kwargs.update(self._sampling(gen, [request.seed]))
         kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([_Stopped(stop)])
         args = (kwargs, streamer, failed)
         thread = threading.Thread(target=self._stream_generate, args=args, daemon=True, name="mevqa-stream")
@@ -295,6 +268,42 @@ class TransformersBackend(Backend):
             lines = str(e).strip().splitlines()
             failed.append(f"{type(e).__name__}: {lines[0][:200] if lines else ''}")
             streamer.end()
+
+
+class RowSampler(transformers.LogitsProcessor):
+    """Sampling with one generator per row, seeded by the row's request (and sample).
+
+    Each step, after the temperature and top-p that `GenConfig` asks for (as vLLM applies them; a
+    checkpoint's default top-k is not), every row draws one uniform number from its own generator and
+    takes the token where its cumulative probability passes it. The scores returned keep only that token
+    (0, every other -inf), so generate's greedy pick takes it. A row's tokens therefore depend on its seed
+    and its own logits, never on the other rows of the batch. The generators live on the CPU (one small
+    draw per row and step; the search runs on the scores' device); a row without a seed gets an unseeded
+    one.
+    """
+
+    def __init__(self, seeds: list[int | None], temperature: float = 1.0, top_p: float = 1.0):
+        self.generators = [torch.Generator() for _ in seeds]
+        for g, seed in zip(self.generators, seeds):
+            if seed is None:
+                g.seed()
+            else:
+                g.manual_seed(seed % 2**63)
+        self.warpers: list[transformers.LogitsProcessor] = []
+        if temperature != 1.0:
+            self.warpers.append(transformers.TemperatureLogitsWarper(temperature))
+        if top_p < 1.0:
+            self.warpers.append(transformers.TopPLogitsWarper(top_p))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
+        u = torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(cdf.device)
+        # the first token whose cumulative probability exceeds u (scaled to the total, against rounding)
+        picks = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True)
+        picks = picks.clamp_(max=cdf.shape[1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, picks, 0.0)
 
 
 class _Stopped(transformers.StoppingCriteria):

@@ -1,7 +1,11 @@
 """Backend for any OpenAI-compatible server: vLLM (`vllm serve`, `mevqa serve`), `transformers serve`, ...
 
 Frames travel as base64 `image_url` parts (PNG by default: a micro-movement is a few pixels, the size of
-JPEG artefacts). The adapter is chosen by the request's `model` name — vLLM's multi-LoRA convention.
+JPEG artefacts). The adapter is chosen by the request's `model` name — vLLM's multi-LoRA convention: the
+backend asks for the adapter it was configured with (`--adapter`), or the base. When the model's family is
+known here (its config.json is a local folder or in the Hub cache), its chat-template variables travel as
+`chat_template_kwargs` (vLLM's extension; Qwen3.5: no thinking); otherwise the server's template defaults
+apply.
 Requests run concurrently (a bounded number in flight) over one or several base URLs (replicas);
 connection errors and 5xx are retried with backoff, 4xx never (the request itself is wrong).
 """
@@ -20,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from mevqa.backends.base import Answer, Backend, VQARequest
+from mevqa.backends.base import Answer, Backend, Prepared, VQARequest, chat_template_kwargs
 from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import InputError, ModelError
 from mevqa.models.adapters import served_name
@@ -123,7 +127,7 @@ def parse_choices(body: bytes, cut: bool, content_type: str) -> tuple[list[str],
     return [t[:MAX_ANSWER_CHARS] for t in texts], note
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(Backend[Prepared]):
     """Chat completions against one or more base URLs (each ending in /v1)."""
 
     name = "openai"
@@ -139,12 +143,14 @@ class OpenAIBackend(Backend):
         image_format: str = "png",
         backoff: float = 0.5,
         video_as: str = "frames",
+        template_kwargs: dict[str, Any] | None = None,
     ):
         self.base_urls = [u.rstrip("/") for u in base_urls]
         self.model, self.api_key = model, api_key
         self.concurrency, self.timeout, self.retries = max(1, concurrency), timeout, retries
         self.image_format, self.backoff, self.video_as = image_format, backoff, video_as
         self._next_url = itertools.cycle(self.base_urls)
+        self.template_kwargs = template_kwargs or {}
 
     @classmethod
     def from_config(cls, model: ModelSpec, server: ServerSpec, engine: VLLMSpec) -> OpenAIBackend:
@@ -159,6 +165,7 @@ class OpenAIBackend(Backend):
             server.retries,
             server.image_format,
             video_as=server.video_as,
+            template_kwargs=chat_template_kwargs(model.model),
         )
         served = backend.check()
         if model.adapter:  # vLLM serves each LoRA module under its own name: the request's `model`
@@ -174,7 +181,7 @@ class OpenAIBackend(Backend):
 
     def _payload(self, r: VQARequest, gen: GenConfig, n: int, seed: int | None) -> dict[str, Any]:
         payload = {
-            "model": r.adapter or self.model,
+            "model": self.model,
             "messages": to_openai(list(r.messages), self.image_format, self.video_as),
             "max_tokens": gen.max_new_tokens,
             "temperature": gen.temperature if gen.sampling else 0.0,
@@ -184,6 +191,8 @@ class OpenAIBackend(Backend):
             payload["n"] = n
         if seed is not None and gen.sampling:
             payload["seed"] = seed
+        if self.template_kwargs:
+            payload["chat_template_kwargs"] = self.template_kwargs
         return payload
 
     async def _complete(

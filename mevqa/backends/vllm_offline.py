@@ -8,6 +8,7 @@ importing mevqa never needs it. Prompts come from the same `Message` type and th
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -16,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from mevqa.backends.base import Answer, Backend, VQARequest
+from mevqa.backends.base import (
+    Answer,
+    Backend,
+    Prepared,
+    VQARequest,
+    chat_template_kwargs,
+    oom_error,
+    out_of_memory,
+)
 from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import MissingDependency, ModelError
 from mevqa.models.adapters import adapter_name, adapter_rank, vllm_lora_rank
@@ -92,14 +101,27 @@ def multi_modal_data(images: list, videos: list[VideoPart]) -> tuple[dict, dict]
     return data, kwargs
 
 
-class VLLMBackend(Backend):
-    """`vllm.LLM.generate` over rendered prompts; one `LoRARequest` per adapter folder, made once."""
+class VLLMBackend(Backend[Prepared]):
+    """`vllm.LLM.generate` over rendered prompts, with the adapter it was loaded with (a `LoRARequest`).
+
+    Out of memory stops the run (`ModelError` with the batch size to try), as on the transformers
+    backend; another engine failure is tried request by request, and only the failing ones become error
+    answers. Sampled answers take their request's seed (vLLM gives sample i seed + i, as the other
+    backends do)."""
 
     name = "vllm"
 
-    def __init__(self, llm: Any, processor: Any, model_id: str, adapter: str | None = None):
+    def __init__(
+        self,
+        llm: Any,
+        processor: Any,
+        model_id: str,
+        adapter: str | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ):
         self.llm, self.processor, self.model_id, self.adapter = llm, processor, model_id, adapter
-        self._loras: dict[str, Any] = {}
+        # the model family's chat-template variables (Qwen3.5: no thinking), as the transformers backend
+        self.template_kwargs = chat_template_kwargs(model_id) if template_kwargs is None else template_kwargs
 
     @classmethod
     def from_config(cls, model: ModelSpec, server: ServerSpec, engine: VLLMSpec) -> VLLMBackend:
@@ -112,7 +134,6 @@ class VLLMBackend(Backend):
             "enforce_eager": engine.enforce_eager,
             "max_model_len": engine.max_model_len,
             "dtype": model.dtype,
-            "seed": 0,
             **memory_kwargs(model, engine, _on_cpu()),
         }
         if model.adapter:
@@ -126,19 +147,20 @@ class VLLMBackend(Backend):
             ) from None
         return cls(llm, load_processor(model.model, model.trust_remote_code), model.model, model.adapter)
 
-    def _lora(self, adapter: str | None) -> Any:
-        """The LoRARequest for an adapter folder; the same one (same int id) every time it is used."""
-        if not adapter:
+    @functools.cached_property
+    def _lora(self) -> Any:
+        """The adapter's LoRARequest, made once (vLLM caches an adapter by its int id); None without one."""
+        if not self.adapter:
             return None
-        if adapter not in self._loras:
-            _, LoRARequest = _vllm()
-            name, _path = adapter_name(adapter)
-            self._loras[adapter] = LoRARequest(name, len(self._loras) + 1, str(Path(adapter).resolve()))
-        return self._loras[adapter]
+        _, LoRARequest = _vllm()
+        name, _path = adapter_name(self.adapter)
+        return LoRARequest(name, 1, str(Path(self.adapter).resolve()))
 
     def prompt(self, r: VQARequest) -> dict[str, Any]:
         chat, images, videos = to_hf(list(r.messages))
-        text = self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        text = self.processor.apply_chat_template(
+            chat, add_generation_prompt=True, tokenize=False, **self.template_kwargs
+        )
         data, mm_kwargs = multi_modal_data(images, videos)
         p: dict[str, Any] = {"prompt": text}
         if data:
@@ -158,8 +180,8 @@ class VLLMBackend(Backend):
         )
 
     def generate(self, requests: list[VQARequest], gen: GenConfig) -> list[Answer]:
-        """One engine call for the batch; if the engine fails, each request is tried alone so only the
-        failing ones become error answers."""
+        """One engine call for the batch. Out of memory stops the run; if the engine fails otherwise, each
+        request is tried alone so only the failing ones become error answers."""
         if not requests:
             return []
         t0 = time.perf_counter()
@@ -167,10 +189,12 @@ class VLLMBackend(Backend):
             outputs = self.llm.generate(
                 [self.prompt(r) for r in requests],
                 [self._params(r, gen) for r in requests],
-                lora_request=[self._lora(r.adapter or self.adapter) for r in requests],
+                lora_request=self._lora,
                 use_tqdm=False,
             )
-        except (RuntimeError, ValueError) as e:
+        except (RuntimeError, ValueError, MemoryError) as e:
+            if out_of_memory(e):
+                raise oom_error(len(requests)) from None
             if len(requests) > 1:
                 return [a for r in requests for a in self.generate([r], gen)]
             return [

@@ -37,6 +37,7 @@ from mevqa.backends.base import (
 )
 from mevqa.config import EvalConfig, to_dict
 from mevqa.data.megc import clip_key, is_test_rows, read_jsonl, row_id, write_jsonl
+from mevqa.dist import Shard
 from mevqa.errors import InputError, MevqaError
 from mevqa.evaluation.parse import ask_coarse, voted
 from mevqa.evaluation.report import score_outputs, write_records
@@ -207,12 +208,14 @@ class Answerer:
         return int(hashlib.sha256(f"{self.cfg.seed}:{row_id(row)}".encode()).hexdigest()[:8], 16)
 
     def requests(self, group: list[dict], coarse: str | None = None) -> list[VQARequest]:
-        """One request per question; the clip's parts are the same objects in every one of them."""
-        parts = self.parts(group[0])
+        """One request per question of a clip; they show the same images, so they carry the clip's key as
+        their `prefix_key` (a backend may prefill the clip once for all of them)."""
+        parts, key = self.parts(group[0]), clip_key(group[0])
         return [
             VQARequest(
                 row_id(r),
                 (Message.user(*parts, render_question(r["question"], self.cfg.prompt, coarse)),),
+                prefix_key=key,
                 seed=self._seed(r),
             )
             for r in group
@@ -302,52 +305,6 @@ def answer_all(
 
 
 # ---------------------------------------------------------------- the whole run
-@dataclass(frozen=True)
-class Shard:
-    """This process's share of an eval under `accelerate launch` / torchrun: whole clips (a clip's
-    questions stay together for the shared prefix), round-robin; each process appends to its own part
-    file and the main process merges them."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def current(cls, device: str = "auto") -> Shard:
-        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-            return cls()
-        from accelerate import PartialState  # only under a launcher: alone, accelerate is ~1 s of imports
-
-        from mevqa.models.loading import pick_device
-
-        # starts the process group (gloo on CPU, nccl on GPUs); without cpu=True a CPU run stays 1 process
-        state = PartialState(cpu=pick_device(device) == "cpu")
-        return cls(state.process_index, state.num_processes)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def take(self, rows: list[dict]) -> list[dict]:
-        return [r for g in _groups(rows)[self.rank :: self.world] for r in g]
-
-    def part(self, out: Path) -> Path:
-        return out / (f"predictions.rank{self.rank}.jsonl" if self.world > 1 else "predictions.jsonl")
-
-    def device(self, device: str) -> str:
-        """Under several processes each takes its own GPU (`auto` would put them all on cuda:0)."""
-        if self.world < 2 or device != "auto":
-            return device
-        from accelerate import PartialState
-
-        return str(PartialState().device)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            from accelerate import PartialState
-
-            PartialState().wait_for_everyone()
-
-
 def prediction_files(out: Path) -> list[Path]:
     """The merged file and any process's part file (a killed run of any process count leaves some)."""
     return [out / "predictions.jsonl", *sorted(out.glob("predictions.rank*.jsonl"))]
@@ -357,13 +314,13 @@ def check_questions(data: str, rows: list[dict]) -> None:
     """An empty file or two questions with one id are refused before any work: a repeated id would keep
     one answer for both and score the wrong one."""
     if not rows:
-        raise InputError(f"--data {data} — holds no questions")
+        raise InputError(f"data {data} — holds no questions")
     seen: dict[str, int] = {}
     for n, r in enumerate(rows, start=1):
         rid = row_id(r)
         if rid in seen:
             raise InputError(
-                f"--data {data} — duplicate id {rid!r} (rows {seen[rid]} and {n}); ids must be unique"
+                f"data {data} — duplicate id {rid!r} (rows {seen[rid]} and {n}); ids must be unique"
             )
         seen[rid] = n
 
@@ -375,10 +332,10 @@ def run_eval(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any] 
     check_questions(cfg.data, all_rows)
     rows = all_rows[: cfg.limit] if cfg.limit else all_rows
     if cfg.root and not Path(cfg.root).is_dir():
-        raise InputError(f"--root {cfg.root} — no such folder")
+        raise InputError(f"root {cfg.root} — no such folder")
     out, shard = Path(cfg.out), Shard.current(cfg.model.device)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} — is a file, not a folder")
+        raise InputError(f"out {out} — is a file, not a folder")
     lock = FolderLock(out) if shard.main else None
     try:
         return _answer_and_write(cfg, backend, shard, all_rows, rows)
@@ -409,7 +366,7 @@ def _answer_and_write(
     writer = PredictionWriter(part)
     t1 = time.perf_counter()
     try:
-        answer_all(cfg, backend, shard.take(pending), writer, fp, progress=shard.main)
+        answer_all(cfg, backend, shard.take(_groups(pending)), writer, fp, progress=shard.main)
     finally:
         writer.close()
         t2 = time.perf_counter()

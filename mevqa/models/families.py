@@ -49,6 +49,10 @@ class Family:
         tiny: "module:function" building a tiny checkpoint's (config, processor, eos id) for a size.
         shapes: `bench gpu --shape` name -> published config values: "text" and "vision" sub-config
             overrides, "top" for the top-level config.
+        chat_template_kwargs: extra variables for its chat template, passed wherever mevqa renders a
+            prompt (transformers, vLLM, training; a served model's request when its family is known).
+            Qwen3.5's published template opens a <think> block unless `enable_thinking=False`; ME-VQA
+            scores short answers.
     """
 
     name: str
@@ -63,6 +67,7 @@ class Family:
     video: bool
     tiny: str
     shapes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def full_precision(self) -> list[str]:
@@ -259,6 +264,7 @@ FAMILY_TABLE: dict[str, Family] = {
             video=True,
             tiny="mevqa.models.tiny:qwen3_5_parts",
             shapes=_QWEN3_5_SHAPES,
+            chat_template_kwargs={"enable_thinking": False},
         ),
     )
 }
@@ -278,6 +284,13 @@ def get(name: str) -> Family:
 def for_model_type(model_type: str) -> Family | None:
     """The entry covering a config's `model_type`, or None for an architecture not in the table."""
     return next((f for f in FAMILY_TABLE.values() if model_type in f.model_types), None)
+
+
+def chat_template_kwargs(model_type: str) -> dict[str, Any]:
+    """The chat-template variables of `model_type`'s family (a copy); none for an architecture not in
+    the table."""
+    family = for_model_type(model_type)
+    return dict(family.chat_template_kwargs) if family is not None else {}
 
 
 def full_precision_for(model_type: str) -> list[str]:

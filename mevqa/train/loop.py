@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -33,10 +33,11 @@ from mevqa.evaluation.report import plot_training, write_json
 from mevqa.evaluation.runner import answer_rows
 from mevqa.inputs import ClipParts
 from mevqa.io import FolderLock, atomic_write, is_temp, remove_stale_temps
+from mevqa.models import families
 from mevqa.models.adapters import base_id, train_traces
 from mevqa.models.loading import config_hash, load_processor, pick_device
 from mevqa.prompts import classify
-from mevqa.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mevqa.train.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from mevqa.train.data import IGNORE, AnswerOnlyCollator, QADataset
 from mevqa.train.model import build_model
 
@@ -111,7 +112,8 @@ class Trainer:
         model = build_model(cfg, str(self.acc.device))
         parts = ClipParts(cfg.root, cfg.frames, cfg.clip_pattern, cache=1024)
         self.dataset = QADataset(self.rows, parts, cfg.prompt)
-        self.collate = AnswerOnlyCollator(self.processor)
+        template_kwargs = families.chat_template_kwargs(model.config.model_type)
+        self.collate = AnswerOnlyCollator(self.processor, template_kwargs)
         per_step = cfg.batch_size * cfg.grad_accum * self.acc.num_processes
         self.total = cfg.max_steps or max(1, math.ceil(math.ceil(len(self.rows) / per_step) * cfg.epochs))
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -121,6 +123,7 @@ class Trainer:
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "losses": [], "evals": []}
         if cfg.resume and (ckpt := latest_checkpoint(self.out)):
             self.state = load_checkpoint(ckpt, self.unwrapped, self.optimizer, self.scheduler)
+            restore_rng(ckpt, self.acc.process_index, self.acc.num_processes)  # after the LoRA init drew
             log.info("resumed from %s (step %d)", ckpt, self.state["step"])
 
     @property
@@ -150,8 +153,14 @@ class Trainer:
         """This epoch's remaining samples (a resumed epoch skips what its checkpoint had already seen)."""
         seen = self.state["micro"] * self.cfg.batch_size * self.acc.num_processes
         order = epoch_order(len(self.rows), self.cfg.seed, self.state["epoch"])[seen:]
+        # a generator of its own: starting to iterate draws a seed, which from the global RNG would shift
+        # the dropout draws of a resumed epoch against the uninterrupted run's
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.cfg.batch_size, sampler=order, collate_fn=self.collate
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=order,
+            collate_fn=self.collate,
+            generator=torch.Generator(),
         )
         return self.acc.prepare(loader)
 
@@ -195,7 +204,7 @@ class Trainer:
         loss = self.acc.reduce(torch.tensor(loss, device=self.acc.device), "sum").item()
         s = self.state
         s["step"] += 1
-        s["losses"].append((s["step"], loss))
+        s["losses"].append([s["step"], loss])  # a list, as it reads back from a checkpoint's state.json
         lr = self.scheduler.get_last_lr()[0]
         self.bar.update(1)
         if s["step"] % self.cfg.log_every == 0:
@@ -203,8 +212,10 @@ class Trainer:
         self.acc.log({"train/loss": loss, "train/lr": lr}, step=s["step"])
         if self.cfg.eval_every and s["step"] % self.cfg.eval_every == 0:
             self.evaluate()
-        if self.cfg.save_every and s["step"] % self.cfg.save_every == 0 and self.acc.is_main_process:
-            save_checkpoint(self.out, self.unwrapped, self.optimizer, self.scheduler, s)
+        if self.cfg.save_every and s["step"] % self.cfg.save_every == 0:
+            rng = gather_object([rng_state()])  # every process's (a collective: all of them call it)
+            if self.acc.is_main_process:
+                save_checkpoint(self.out, self.unwrapped, self.optimizer, self.scheduler, s, rng)
 
     def evaluate(self) -> None:
         """Score the held-out rows (main process; the others wait at their next synchronisation)."""
@@ -259,7 +270,7 @@ def check_out(cfg: TrainConfig) -> None:
     theirs = sorted(p.name for p in out.iterdir() if p.name != ".lock" and not is_temp(p))
     if theirs:
         raise InputError(
-            f"--out {out} — holds files mevqa train did not write ({', '.join(theirs[:3])}); choose an "
+            f"out {out} — holds files mevqa train did not write ({', '.join(theirs[:3])}); choose an "
             "empty or new folder, or pass --overwrite to write over them"
         )
 
