@@ -62,6 +62,7 @@ _MAX_RESIDUAL = 0.1  # stable-point shape error (share of the face's radius) bey
 _LANDMARK_SIDE = 200  # landmarks are placed on a face enlarged to about this box side
 _ROI = 0.5  # verification searches the track box widened by this many sides on each edge
 _ROI_FACE = 90  # ... with the region resized so the face is about this wide (HOG window: 80 px)
+_LOST_SCORE = -0.5  # detector score that re-finds a lost face near its last box (a new face needs 0)
 
 Box = tuple[float, float, float, float]
 
@@ -111,8 +112,11 @@ def _boxes(frame: np.ndarray, width: int, upsample: int = 0) -> list[Box]:
 
 
 def _find(frame: np.ndarray, width: int) -> list[Box]:
-    """Boxes at the detection width, upsampled once if none: HOG's 80 px window misses smaller faces."""
-    return _boxes(frame, width, 0) or _boxes(frame, width, 1)
+    """Boxes at the detection width, upsampled once if none: HOG's 80 px window misses smaller faces;
+    then at full size (the shrunk and re-enlarged frame is blurred: SynthME's painted face, 135 px wide
+    on a 640 px frame, is found at 640 and missed at 320 either way)."""
+    w = frame.shape[1]
+    return _boxes(frame, width, 0) or _boxes(frame, width, 1) or (_boxes(frame, w, 0) if width < w else [])
 
 
 def _area(b: Box) -> float:
@@ -243,7 +247,7 @@ def _frame_of(lm: np.ndarray) -> tuple[np.ndarray, float]:
     return c, float(np.sqrt(((p - c) ** 2).sum(axis=1).mean()))
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """2x3 least-squares similarity (rotation, scale, shift) taking points `src` onto `dst`."""
     a, b = np.asarray(src, np.float64), np.asarray(dst, np.float64)
     ca, cb = a.mean(axis=0), b.mean(axis=0)
@@ -257,7 +261,7 @@ def _residual(lm: np.ndarray, ref: np.ndarray) -> float:
     """RMS error of the stable points after the best similarity fit onto `ref`, as a share of its radius:
     how far the landmarks are from the shape of this face."""
     a, b = np.asarray(lm, np.float64)[_STABLE], np.asarray(ref, np.float64)[_STABLE]
-    err = transform(a, _similarity(a, b)) - b
+    err = transform(a, similarity(a, b)) - b
     _, rb = _frame_of(ref)
     return float(np.sqrt((err**2).sum(axis=1).mean())) / max(rb, 1e-9)
 
@@ -366,7 +370,7 @@ class FaceTracker:
         if not _continues(raw, t, frame.shape):
             return None
         lm, trend = self._smoothed(raw, t)
-        m = _similarity(lm[_STABLE], t.anchor)
+        m = similarity(lm[_STABLE], t.anchor)
         face = AlignedFace(idx, warp(frame, m, self.cfg.size), transform(lm, m), m, True)
         if float(_signature(face.crop) @ t.template) < _MIN_NCC:
             return None  # face-shaped landmarks on something that no longer looks like the face
@@ -398,6 +402,15 @@ class FaceTracker:
                 t.template, t.shape = _signature(face.crop), t.raw  # confirmed, not re-seeded: no jump
                 return face
             return self._seed(frame, idx, best) or face
+        if t is not None:
+            # a lost track looks where the face was first, at the face's own scale and with a lower bar (a
+            # weak detection where the face just was is the same face): SynthME's painted faces score
+            # -0.1..1.3 on dlib's detector, and one scoring about 0 was faceless for 56% of its video
+            tb = t.box()
+            near = [b for b in _near(frame, tb, _LOST_SCORE) if _iou(b, tb) > 0]
+            if near:
+                self._next_detect = idx + self._every
+                return self._seed(frame, idx, max(near, key=lambda b: _iou(b, tb)))
         boxes = _find(frame, self.cfg.detect_width)
         if not boxes:  # a held face may be back any moment; a faceless stream is searched at the usual rate
             self._next_detect = idx + (self._retry if t is not None else self._every)
@@ -450,9 +463,10 @@ def _continues(raw: np.ndarray, t: _Track, shape: tuple[int, ...]) -> bool:
     return _residual(raw, t.shape) < _MAX_RESIDUAL
 
 
-def _near(frame: np.ndarray, box: Box) -> list[Box]:
-    """Faces in a region around `box`, resized so a face of the box's size fills HOG's window: cheaper than
-    a full-frame search and finds small faces without upsampling the whole frame."""
+def _near(frame: np.ndarray, box: Box, score: float = 0.0) -> list[Box]:
+    """Faces scoring above `score` (dlib's own threshold is 0) in a region around `box`, resized so a face of
+    the box's size fills HOG's window: cheaper than a full-frame search and finds small faces without
+    upsampling the whole frame."""
     detector, _ = _models()
     side = max(box[2] - box[0], 1.0)
     h, w = frame.shape[:2]
@@ -468,7 +482,8 @@ def _near(frame: np.ndarray, box: Box) -> list[Box]:
     )
     return [
         (x0 + r.left() / f, y0 + r.top() / f, x0 + (r.right() + 1) / f, y0 + (r.bottom() + 1) / f)
-        for r in detector(np.ascontiguousarray(region), 0)
+        for r, v in zip(*detector.run(np.ascontiguousarray(region), 0, score)[:2])
+        if v >= score
     ]
 
 

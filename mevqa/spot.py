@@ -8,8 +8,8 @@ region's residual magnitude is measured, the strongest region per frame is the s
 and peaks above a threshold relative to the video's own signal (robust z-score: median + t x MAD) are
 expanded to their valleys into onset / apex / offset intervals.
 
-Memory stays flat in the video's length: frames are read in chunks and only the last k aligned faces are
-kept; the per-frame signal (a few floats a frame) is all that grows.
+Memory stays flat in the video's length: frames are read in chunks and only the last k + 1 frames and
+their aligned faces are kept; the per-frame signal (a few floats a frame) is all that grows.
 """
 
 from __future__ import annotations
@@ -174,21 +174,30 @@ def landmark_boxes(landmarks: np.ndarray, size: int) -> dict[str, tuple[int, int
 
 
 class FaceStage:
-    """Frame -> (grey aligned face at the flow size, region boxes, alignment number) or None when faceless.
+    """Frame -> (grey aligned face at the flow size, region boxes, alignment number, frame -> crop matrix)
+    or None when faceless.
 
-    The alignment is *held*: the crop keeps one frame -> crop transform until the tracked face has moved
-    `REALIGN` of the crop away from it, then takes the tracker's current one (a new alignment number; flow
-    is never measured across two). Re-aligning every frame would make the crop wobble with the landmarks,
-    which an expression itself moves (measured on SynthME's painted face: 4.9 px p90 between frames i-6 and
-    i, tracked, vs 0.5 px held); the slow drift in between is what the nose bridge's flow removes.
+    The alignment is *held*: the crop keeps one frame -> crop transform until the head has moved `REALIGN`
+    of the crop away from it. Re-aligning every frame would make the crop wobble with the landmarks, which
+    an expression itself moves (measured on SynthME's painted face: 4.9 px p90 between frames i-6 and i,
+    tracked, vs 0.5 px held); the slow drift in between is what the nose bridge's flow removes. Where the
+    head is comes from the median of the last `WINDOW` seconds of landmarks, not one frame's: dlib's points
+    on a painted face flip by 7-14 px between frames of a still head, and single frames re-aligned a 40 s
+    training video 15 times, each a gap of k frames in the signal. An alignment made before the window was
+    full (a video's start, after a faceless gap) is made again once it is. At a re-alignment the frames
+    still in the flow window are cut again with the new one (`recut`), so the signal has no gap.
     """
 
     REALIGN = 0.06
+    WINDOW = 1.0  # seconds
 
     def __init__(self, face: FaceConfig, fps: float, flow_size: int):
         self.size = flow_size
         self.tracker = None
         self.held: np.ndarray | None = None
+        self.anchor: np.ndarray | None = None  # the stable points' crop positions when it was aligned
+        self.partial = False  # aligned on fewer landmarks than the window holds
+        self.recent: deque[np.ndarray] = deque(maxlen=max(1, round(self.WINDOW * fps)))
         self.epoch = 0
         if face.mode == "crop":
             from dataclasses import replace
@@ -198,27 +207,51 @@ class FaceStage:
             self.tracker = FaceTracker(replace(face, size=flow_size), fps)
         self.bands = _band_boxes(flow_size)
 
-    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, dict, int] | None:
+    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, dict, int, np.ndarray] | None:
         if self.tracker is None:
-            return _grey(frame, self.size), self.bands, 0
-        from mevqa.face import transform, warp
+            return _grey(frame, self.size), self.bands, 0, _IDENTITY
+        from mevqa.face import transform
 
         face = self.tracker(frame)
         if face is None:
             self.held = None
+            self.recent.clear()
             return None
-        where = transform(face.landmarks, cv2.invertAffineTransform(face.matrix))  # frame coordinates
-        if self.held is None or self._moved(where, face.landmarks) > self.REALIGN * self.size:
-            # boxes are held with the alignment: landmarks an expression moves must not move the boxes
-            self.held, self.epoch = face.matrix, self.epoch + 1
-            self.boxes = landmark_boxes(face.landmarks, self.size)
-        return _grey(warp(frame, self.held, self.size), self.size), self.boxes, self.epoch
+        self.recent.append(transform(face.landmarks, cv2.invertAffineTransform(face.matrix)))  # frame px
+        full = len(self.recent) == self.recent.maxlen
+        where = np.median(np.stack(self.recent), axis=0) if len(self.recent) > 1 else self.recent[-1]
+        if self.held is None or (self.partial and full) or self._moved(where) > self.REALIGN * self.size:
+            self._align(where, full, face.matrix)
+        return self.recut(frame), self.boxes, self.epoch, self.held
 
-    def _moved(self, where: np.ndarray, now: np.ndarray) -> float:
-        """How far (crop pixels) the held alignment puts the head's stable points from where they are now."""
+    def _align(self, where: np.ndarray, full: bool, tracked: np.ndarray) -> None:
+        """A new alignment (eyes level, set apart) on the landmarks `where`; the tracker's own if they are
+        degenerate."""
+        from mevqa.face import align_matrix, transform
+
+        try:
+            self.held = align_matrix(where, self.tracker.cfg)
+        except InputError:
+            self.held = tracked
+        self.epoch, self.partial = self.epoch + 1, not full
+        self.anchor = transform(where[STABLE], self.held)
+        # boxes are held with the alignment: landmarks an expression moves must not move the boxes
+        self.boxes = landmark_boxes(transform(where, self.held), self.size)
+
+    def recut(self, frame: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
+        """The frame's grey face crop under the held alignment (or `matrix`)."""
+        from mevqa.face import warp
+
+        return _grey(warp(frame, self.held if matrix is None else matrix, self.size), self.size)
+
+    def _moved(self, where: np.ndarray) -> float:
+        """How far (crop pixels) the head's stable points are from where they were when it was aligned."""
         from mevqa.face import transform
 
-        return float(np.abs(transform(where[STABLE], self.held) - now[STABLE]).mean())
+        return float(np.abs(transform(where[STABLE], self.held) - self.anchor).mean())
+
+
+_IDENTITY = np.eye(2, 3)
 
 
 def _grey(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -300,8 +333,8 @@ def motion_signal(clip: Clip, cfg: SpotConfig, fps: float | None = None, progres
 
 
 class _Measure:
-    """Per analysed frame: the face, then the flow against the face k frames back (same alignment only);
-    only those k + 1 faces are kept, so memory does not grow with the video."""
+    """Per analysed frame: the face, then the flow against the face k frames back (none where either is
+    faceless); only those k + 1 frames are kept, so memory does not grow with the video."""
 
     def __init__(self, stage: FaceStage, k: int):
         self.stage, self.faces = stage, deque(maxlen=k + 1)
@@ -315,10 +348,14 @@ class _Measure:
         t1 = time.perf_counter()
         face = self.stage(frame)
         t2 = time.perf_counter()
-        self.faces.append(face)
-        prev = self.faces[0] if len(self.faces) == self.faces.maxlen else None
-        same = face is not None and prev is not None and prev[2] == face[2]  # one alignment: comparable
-        mags, vecs = region_motion(prev[0], face[0], face[1]) if same else self.empty
+        self.faces.append((frame, face))
+        then, prev = self.faces[0] if len(self.faces) == self.faces.maxlen else (None, None)
+        if face is not None and prev is not None:
+            # a frame from before a re-alignment is cut again with the current one: like compared with like
+            before = prev[0] if prev[2] == face[2] else self.stage.recut(then, face[3])
+            mags, vecs = region_motion(before, face[0], face[1])
+        else:
+            mags, vecs = self.empty
         self.rows.append(mags)
         self.vectors.append(vecs)
         self.faceless.append(face is None)

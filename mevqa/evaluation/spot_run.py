@@ -207,7 +207,7 @@ def _processes() -> tuple[int, int, Any]:
     stays a few hundred MB: eval's runner, with torch and transformers, is about 1 GB of memory)."""
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return 0, 1, lambda: None
-    from mevqa.evaluation.runner import Shard
+    from mevqa.dist import Shard
 
     shard = Shard.current("cpu")
     return shard.rank, shard.world, shard.barrier

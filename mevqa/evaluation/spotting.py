@@ -19,13 +19,12 @@ from dataclasses import asdict, dataclass, is_dataclass, replace
 
 from sklearn.metrics import f1_score, recall_score
 
-from mevqa.data.convert import normalise_label
 from mevqa.data.longvideo import TYPE_ANSWERS, TYPES, Interval, as_intervals
 from mevqa.data.megc import row_dataset, row_id
 from mevqa.errors import InputError
 from mevqa.evaluation.metrics import uar, uf1
-from mevqa.evaluation.parse import normalise, parse_aus
-from mevqa.facs import AU_NAMES
+from mevqa.evaluation.parse import parse_aus
+from mevqa.facs import AU_NAMES, normalise, normalise_label
 from mevqa.prompts import LVQA_QUESTION_TYPES, classify
 
 IOU_MIN = 0.5
