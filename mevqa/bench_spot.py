@@ -17,13 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from mevqa.config import SpotConfig
-from mevqa.io import atomic_write
+from mevqa.io import atomic_write, write_mp4
 from mevqa.spot import intervals, motion_signal
 from mevqa.video import open_clip
 
@@ -68,19 +70,19 @@ def repeat_video(src: Path, times: int, dst: Path) -> Path:
     """`src` played `times` times in one file, streamed (never all frames in memory)."""
     cap = cv2.VideoCapture(str(src))
     fps = cap.get(cv2.CAP_PROP_FPS)
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     cap.release()
-    writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for _ in range(times):
-        cap = cv2.VideoCapture(str(src))
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            writer.write(frame)
-        cap.release()
-    writer.release()
-    return dst
+
+    def frames() -> Iterator[np.ndarray]:
+        for _ in range(times):
+            cap = cv2.VideoCapture(str(src))
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                yield frame
+            cap.release()
+
+    return write_mp4(dst, frames(), fps)
 
 
 def memory_row(path: Path, minutes: int, work: Path) -> dict[str, Any]:

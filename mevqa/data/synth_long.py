@@ -54,7 +54,7 @@ from mevqa.data.synth import (
 )
 from mevqa.errors import InputError, MissingDependency
 from mevqa.facs import EMOTION_RULES
-from mevqa.io import atomic_dir, atomic_write, disk_errors
+from mevqa.io import atomic_dir, atomic_write, disk_errors, write_mp4
 
 IDENTITIES = ("procedural", "photo")
 COLUMNS = ("subject", "video", "onset", "apex", "offset", "aus", "emotion", "type")
@@ -639,22 +639,21 @@ def render_video(scene: Scene, plan: VideoPlan, rng: np.random.Generator) -> Ite
 # ---------------------------------------------------------------------------------------------- files
 
 
+def _counted(frames: Iterator[np.ndarray], bar: tqdm) -> Iterator[np.ndarray]:
+    for f in frames:
+        yield f
+        bar.update()
+
+
 def _write_mp4(path: Path, frames: Iterator[np.ndarray], fps: float, bar: tqdm) -> None:
     """mp4v at the video's own fps, written under a temporary name and renamed when complete."""
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # the suffix picks the container
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (WIDTH, HEIGHT))
-        if not writer.isOpened():
-            raise InputError(f"{path} — OpenCV cannot open an mp4v writer there")
         try:
-            for f in frames:
-                writer.write(f)
-                bar.update()
-            writer.release()
+            write_mp4(tmp, _counted(frames, bar), fps)
             os.replace(tmp, path)
         finally:
-            writer.release()
             tmp.unlink(missing_ok=True)
 
 
