@@ -7,7 +7,7 @@ DEMO := .cache/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test vllm lint clean
+.PHONY: demo test test-fast vllm lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed $(VLLM_VENV)/.installed
 	$(PY) -m ruff check --output-format concise mevqa tests app.py
 	$(PY) -m pytest -q
+
+# the inner loop: the pure tests only (no model, SynthME, process or server), in under a minute;
+# tests/conftest.py marks the others slow
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check mevqa tests app.py && $(PY) -m ruff format --check mevqa tests app.py

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -288,6 +289,12 @@ class Demo:
         self.backend, self.cfg, self.limits, self.root = backend, cfg, limits, Path(root).resolve()
         self.tool_llm = tool_llm  # the chat model that drives the tool agent: a served model that calls tools
         self.pixels, self.disk = Budget(limits.decode_megapixels * 1e6), Budget(limits.max_disk_mb)
+        # every clip a session decoded, weakly: an expired session's frames leave memory with its folder
+        self._decoded: dict[int, weakref.ref[ClipContext]] = {}
+
+    def _track(self, ctx: ClipContext) -> ClipContext:
+        self._decoded[id(ctx)] = weakref.ref(ctx)
+        return ctx
 
     def load(self, file, example, mode, frames, face, session):
         """Unpack the upload into a fresh folder of this session; decode the frames and the flow once."""
@@ -300,7 +307,7 @@ class Demo:
         try:
             clip = self._unpack(file, session) if file else Path(example)
             cfg = page_frames(self.cfg.frames, frames, mode, face)
-            ctx = ClipContext(str(clip), cfg)
+            ctx = self._track(ClipContext(str(clip), cfg))
             width, height = open_clip(clip, cfg.folder_fps).size  # from the first frame only
             with self.pixels.hold(width * height * (int(frames) + 3)):  # + the flow's 3 frames
                 images, status = self._show(ctx, f"Loaded `{Path(file or example).name}`")
@@ -349,6 +356,12 @@ class Demo:
             with contextlib.suppress(OSError):
                 if f.is_file() and f.stat().st_mtime < cutoff:
                     f.unlink()
+        for key, ref in list(self._decoded.items()):
+            ctx = ref()
+            if ctx is None or not Path(ctx.path).exists():
+                if ctx is not None:
+                    ctx.forget()
+                self._decoded.pop(key, None)
 
     def expire_forever(self) -> None:
         while True:  # a daemon thread: checks four times per idle period, at least once a minute
@@ -395,7 +408,7 @@ class Demo:
         if ctx is None or not choice or not self._touch(ctx):
             return ctx, [], None, "Spot the events first, then choose one."
         try:
-            narrowed = ctx.event(int(choice.split(":")[0]))
+            narrowed = self._track(ctx.event(int(choice.split(":")[0])))
             images, status = self._show(narrowed, f"Event {choice}")
         except (MevqaError, ValueError) as e:
             return ctx, [], None, f"**error:** {self.public(str(e))}"

@@ -10,7 +10,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from mevqa.agent import ChatSession, ClipContext, ask, consistency_flags, hierarchical
 from mevqa.agent.lc import MevqaChatModel, server_chat_model, tool_agent, tools
-from mevqa.config import GenConfig
+from mevqa.config import FrameConfig, GenConfig
 from mevqa.data.qa import parse_au_codes
 from mevqa.facs import REGION_ROWS, REGIONS
 
@@ -200,3 +200,13 @@ def test_chatopenai_against_a_real_server_matches_in_process(served_qwen, tiny_q
     (msg,) = to_openai([Message.user(*images, "What is the coarse expression class?")])
     answers = [m.invoke([HumanMessage(content=msg["content"])]).content.strip() for m in (remote, local)]
     assert answers[0] == answers[1] != ""
+
+
+def test_a_clip_keeps_the_frames_of_its_last_two_settings(clips):
+    """The app's frame slider decodes once per position: only the last two stay in memory."""
+    ctx = ClipContext(str(clips["folder"]), FrameConfig(frames=2))
+    for n in (2, 3, 4, 3):
+        assert len(ctx.parts(FrameConfig(frames=n))) == n
+    assert [k.frames for k in ctx._cache if isinstance(k, FrameConfig)] == [4, 3]
+    ctx.forget()
+    assert not ctx._cache

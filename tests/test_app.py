@@ -375,8 +375,9 @@ def test_idle_sessions_expire_and_the_disk_is_capped(qwen, tmp_path):
     )
     old = time.time() - 6 * 60
     os.utime(a, (old, old))  # user A walked away (an API client never says so)
+    assert ctx._cache  # its frames and flow, decoded once for every turn
     demo.expire_idle()
-    assert not Path(a).exists()
+    assert not Path(a).exists() and not ctx._cache  # the decoded frames went with the folder
     history, _ = list(demo.respond(Q, [], ctx, "frames", 4, "plain", False))[-1]
     assert "removed after 5 idle minutes" in history[-1]["content"]
     _, gallery, _, status, b = _load(demo, z, b)  # room again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import cli
 
 from mevqa.bench import bench_sampling, format_results, run
@@ -33,6 +34,7 @@ def test_bench_cli_help():
     assert r.returncode == 0 and "sampling" in r.stdout and "--threads" in r.stdout
 
 
+@pytest.mark.slow  # builds a tiny model and SynthME, trains LoRA and QLoRA
 def test_gpu_bench_runs_every_row_on_cpu_with_the_tiny_shape(tmp_path):
     """`mevqa bench gpu` is one command for the GPU rows; here it runs at the tiny shape (MFU needs a GPU)."""
     from mevqa import bench_gpu

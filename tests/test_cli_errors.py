@@ -272,6 +272,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow  # 300 fuzzed rows: seconds, not milliseconds
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     row=st.dictionaries(
@@ -292,6 +293,7 @@ def test_jsonl_reader_accepts_or_names_the_line(tmp_path_factory, row):
     assert isinstance(r["question"], str) and ("id" in r or "video_id" in r)
 
 
+@pytest.mark.slow  # 300 fuzzed configs: seconds, not milliseconds
 @settings(max_examples=300, deadline=None)
 @given(
     values=st.dictionaries(

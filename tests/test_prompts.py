@@ -1,7 +1,8 @@
 """Prompt snapshots: the exact chat-template text the model sees for every MEGC template x prompt strategy.
 
 A prompt change is never silent: it shows up here as a diff to review, and the resume fingerprint
-changes with it. After a deliberate change: `pytest tests/test_prompts.py --update-snapshots`.
+changes with it. After a deliberate change: `pytest tests/test_prompts.py --update-snapshots`; that flag is
+also the only way the snapshot is written, so a missing snapshot fails instead of being taken as the truth.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from PIL import Image
 
 from mevqa.config import PROMPT_STRATEGIES
 from mevqa.facs import COARSE_LABELS
-from mevqa.models.loading import load_processor
 from mevqa.prompts import Q_ANALYSIS, TEMPLATE_EXAMPLES, Message, prompt_fingerprint, render_question, to_hf
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "prompts.json"
@@ -33,10 +33,13 @@ def rendered(processor) -> dict[str, str]:
 
 
 def test_prompt_snapshots(tiny_qwen, request):
+    from mevqa.models.loading import load_processor  # torch and transformers: not for the fast tier's imports
+
     now = rendered(load_processor(str(tiny_qwen)))
     now["fingerprints"] = {s: prompt_fingerprint(s) for s in PROMPT_STRATEGIES}  # type: ignore[assignment]
-    if request.config.getoption("--update-snapshots") or not SNAPSHOT.exists():
+    if request.config.getoption("--update-snapshots"):
         SNAPSHOT.write_text(json.dumps(now, indent=1, ensure_ascii=False) + "\n")
+    assert SNAPSHOT.is_file(), f"{SNAPSHOT} is missing: write it with --update-snapshots, then review it"
     before = json.loads(SNAPSHOT.read_text())
     changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
     assert not changed, f"prompts changed (review, then --update-snapshots): {changed[:5]}"

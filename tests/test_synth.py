@@ -38,6 +38,7 @@ def band_change(a: np.ndarray, b: np.ndarray, band: str) -> float:
     return float(np.percentile(d[int(y0 * h) : int(y1 * h)], 99.9))
 
 
+@pytest.mark.slow  # writes SynthME twice
 def test_same_seed_same_files(tmp_path):
     a = synthesize(tmp_path / "a", subjects=2, clips_per_subject=2, size=64, seed=3)
     b = synthesize(tmp_path / "b", subjects=2, clips_per_subject=2, size=64, seed=3)

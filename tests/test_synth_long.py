@@ -116,6 +116,7 @@ def test_decord_reads_each_mp4(photo):
         assert vr[0].shape == (480, 640, 3)
 
 
+@pytest.mark.slow  # writes a long video
 def test_200_fps_video(tmp_path):
     out = synthesize_long(tmp_path, 1, 1, seconds=1.5, fps=200, identity="procedural")
     vr = decord.VideoReader(str(out / "videos" / "s01_v01.mp4"))
@@ -208,6 +209,7 @@ def test_micro_moves_a_few_pixels_macro_two_to_three_times_more(photo):
     assert np.median(apex["macro"]) >= 2 * np.median(apex["micro"])
 
 
+@pytest.mark.slow  # dlib's detector and landmark model
 @pytest.mark.parametrize("identity", ["procedural", "photo"])
 def test_dlib_finds_the_face_where_it_was_drawn(identity):
     """The painted face is a face to dlib too, so both identities ship uncropped 640x480 frames."""
@@ -220,6 +222,7 @@ def test_dlib_finds_the_face_where_it_was_drawn(identity):
         assert inside.mean() > 0.9, (identity, subject, scene.face_box)
 
 
+@pytest.mark.slow  # writes a long video
 def test_cli_writes_long_videos(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["data", "synth", "--long", "--out", str(out), "--subjects", "1", "--videos-per-subject", "1"]

@@ -165,6 +165,39 @@ def test_interrupt_and_resume_reach_the_same_step(synthme, tiny_qwen, tmp_path, 
     assert steps[-1] == 40 and steps == sorted(set(steps)) and steps[0] == 1
 
 
+class Killed(Exception):
+    """Stands for a kill right after a checkpoint reached the disk."""
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(synthme, tiny_qwen, tmp_path, monkeypatch):
+    """Stopped after its step-2 checkpoint and resumed, a 4-step run ends with the same adapter, tensor by
+    tensor, and the same loss curve as one never stopped: the data order, the LoRA dropout draws, AdamW's
+    moments and the schedule all carry over (a step-count check alone would pass with any of them lost)."""
+    from safetensors.torch import load_file
+
+    import mevqa.train.loop as loop
+
+    def run(out, **kw):
+        return train(cfg_for(synthme, tiny_qwen, out, max_steps=4, save_every=2, **kw))
+
+    whole = run(tmp_path / "whole")
+    real_save = loop.save_checkpoint
+
+    def save_then_die(*args):
+        raise Killed(real_save(*args))
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed, match="step-2"):
+        run(tmp_path / "resumed")
+    monkeypatch.undo()
+    resumed = run(tmp_path / "resumed", resume=True)
+    assert [s for s, _ in resumed["train_loss"]] == [1, 2, 3, 4]
+    assert resumed["train_loss"] == whole["train_loss"]
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("whole", "resumed"))
+    assert a.keys() == b.keys() and a
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 def test_bad_recipe_and_existing_out(synthme, tiny_qwen, tmp_path):
     with pytest.raises(InputError, match="method"):
         cfg_for(synthme, tiny_qwen, tmp_path, method="dora")

@@ -103,6 +103,7 @@ def test_build_rows_v2_replaces_only_the_combined_question():
     assert validate(v2).ok and label_stats(v2)["analysis"]["samm"]["anger"] == 1
 
 
+@pytest.mark.slow  # writes SynthME
 def test_synthme_v2(tmp_path):
     a = synthesize(tmp_path / "v1", subjects=2, clips_per_subject=2, size=48, seed=3)
     b = synthesize(tmp_path / "v2", subjects=2, clips_per_subject=2, size=48, seed=3, v2=True)
@@ -123,6 +124,7 @@ def test_synthme_v2(tmp_path):
     assert is_v2_rows(read_jsonl(b / "train.jsonl"))
 
 
+@pytest.mark.slow  # writes SynthME
 def test_cli_synth_and_convert_v2(tmp_path):
     r = cli(
         "data",

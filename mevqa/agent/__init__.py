@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -31,8 +31,12 @@ from mevqa.prompts import Q_AU_MANY, Q_COARSE, Q_FINE, Message, Part, check_ques
 class ClipContext:
     """What the agent knows about one clip: its path, frame settings and key frames (if annotated).
 
-    Decoded parts and the flow are computed once and kept: every chat turn and chain step reuses them.
+    Decoded parts and the flow are computed once and kept: every chat turn and chain step reuses them. The
+    parts of the last `KEEP` frame settings are kept (a user moving the app's frame slider would otherwise
+    hold one decoded copy per position); `forget()` drops them all.
     """
+
+    KEEP: ClassVar[int] = 2
 
     path: str
     frames: FrameConfig = field(default_factory=FrameConfig)
@@ -44,11 +48,20 @@ class ClipContext:
     def parts(self, cfg: FrameConfig | None = None) -> list[Part]:
         """The message parts for the input mode (images, or one video part)."""
         cfg = cfg or self.frames
-        if cfg not in self._cache:
+        if cfg in self._cache:
+            self._cache[cfg] = self._cache.pop(cfg)  # the most recently used last
+        else:
+            kept = [k for k in self._cache if isinstance(k, FrameConfig)]
+            for k in kept[: max(0, len(kept) - self.KEEP + 1)]:  # the least recently used first
+                del self._cache[k]
             self._cache[cfg] = visual_parts(
                 load_clip(self.path, cfg, self.onset, self.apex, self.offset), cfg
             )
         return self._cache[cfg]
+
+    def forget(self) -> None:
+        """Drop what was decoded (the app's expired sessions): a later turn decodes again if it can."""
+        self._cache.clear()
 
     def images(self, cfg: FrameConfig | None = None) -> list[Image.Image]:
         parts = self.parts(cfg)
