@@ -307,7 +307,7 @@ class Demo:
         try:
             clip = self._unpack(file, session) if file else Path(example)
             cfg = page_frames(self.cfg.frames, frames, mode, face)
-            ctx = self._track(ClipContext(str(clip), cfg))
+            ctx = self._track(ClipContext(str(clip), cfg, spot_recipe=self.cfg.spot_recipe))
             width, height = open_clip(clip, cfg.folder_fps).size  # from the first frame only
             with self.pixels.hold(width * height * (int(frames) + 3)):  # + the flow's 3 frames
                 images, status = self._show(ctx, f"Loaded `{Path(file or example).name}`")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import re
 import reprlib
 import string
@@ -212,6 +213,11 @@ class ServerSpec(Settings):
     image_format: Literal["png", "jpeg"] = "png"
     video_as: Literal["frames", "video_url"] = "frames"
     timeout: float = setting(120.0, above=0)
+
+    @property
+    def key(self) -> str | None:
+        """The API key: api_key, else $MEVQA_API_KEY (the documented way: a flag's value shows in `ps`)."""
+        return self.api_key or os.environ.get("MEVQA_API_KEY")
 
 
 @dataclass(frozen=True)
@@ -456,6 +462,22 @@ class UploadLimits(Settings):
     idle_minutes: float = setting(30.0, above=0)
     # one 16-frame 4096x4096 clip (+ its 3 flow frames) took ~3 GB while decoding; four at once killed the app
     decode_megapixels: float = setting(4096 * 4096 * 19 / 1e6, above=0)
+
+
+@dataclass(frozen=True)
+class AppConfig(AskConfig):
+    """`mevqa app`: the model settings of ask and chat, and what the app's users may cost it.
+
+    Attributes:
+        limits: upload, disk and decoding limits (UploadLimits); the ones an operator usually sizes are
+            flags, the others `--limits-args k=v,...`.
+    """
+
+    PACKED: ClassVar[dict[str, tuple[str, ...]]] = {
+        **ANSWERING_PACKED,
+        "limits": ("max_upload_mb", "max_disk_mb", "idle_minutes"),
+    }
+    limits: UploadLimits = setting(UploadLimits())
 
 
 @dataclass(frozen=True)

@@ -506,7 +506,8 @@ def crop_clip(frames: list[np.ndarray], cfg: FaceConfig) -> list[np.ndarray]:
     found = [lm for lm in (detect(f, cfg.detect_width) for f in frames) if lm is not None]
     if not found:
         raise InputError(
-            "clip — no face found on any frame; use --face none for clips that are already face crops"
+            "clip — no face found on any frame; for clips that are already face crops set the face mode "
+            "to none (`frames.face.mode`)"
         )
     m = align_matrix(np.median(np.stack(found), axis=0), cfg)
     return [warp(f, m, cfg.size) for f in frames]

@@ -39,7 +39,7 @@ def flow_field(onset: np.ndarray, apex: np.ndarray, method: str = "farneback") -
     if method == "tvl1":
         if not hasattr(cv2, "optflow"):
             raise MissingDependency(
-                "--flow-method tvl1 — needs OpenCV's contrib modules (opencv-contrib-python-headless)"
+                "frames.flow_method tvl1 — needs OpenCV's contrib modules (opencv-contrib-python-headless)"
             )
         return cv2.optflow.DualTVL1OpticalFlow_create().calc(a, b, None)
     return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)

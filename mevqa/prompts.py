@@ -307,7 +307,7 @@ def check_question(question: str, limit: int) -> str:
     """`question`, refused when longer than `limit` characters (before anything reaches a model)."""
     if len(question) > limit:
         raise InputError(
-            f"question — {len(question)} characters; at most {limit} (--max-question-chars to change it)"
+            f"question — {len(question)} characters; at most {limit} (`max_question_chars` to change it)"
         )
     return question
 

@@ -419,7 +419,7 @@ def test_questions_are_capped(qwen, synthme):
     history, _ = list(demo.respond("why? " * 1000, [], ctx, "frames", 4, "plain", False))[-1]
     assert (
         history[-1]["content"]
-        == "error: question — 5000 characters; at most 100 (--max-question-chars to change it)"
+        == "error: question — 5000 characters; at most 100 (`max_question_chars` to change it)"
     )
     assert len(history[-2]["content"]) < 300
     with pytest.raises(InputError, match="5000 characters; at most 2000"):

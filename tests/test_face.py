@@ -195,7 +195,7 @@ def test_crop_clip_uses_one_alignment(moving):
     assert len(crops) == len(clip) and all(c.shape == (CFG.size, CFG.size, 3) for c in crops)
     still = face.crop_clip([frames[0]] * 3, CFG)
     assert all(np.array_equal(still[0], c) for c in still)
-    with pytest.raises(InputError, match="no face found.*--face none"):
+    with pytest.raises(InputError, match="no face found.*face mode to none"):
         face.crop_clip([np.full((480, 640, 3), 90, np.uint8)] * 3, CFG)
     with pytest.raises(InputError, match="no frames"):
         face.crop_clip([], CFG)

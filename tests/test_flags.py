@@ -16,6 +16,7 @@ from mevqa.cli._args import DEST, given, load_settings
 from mevqa.cli.app import PER_CLIP
 from mevqa.config import (
     CV_PER_FOLD,
+    AppConfig,
     AskConfig,
     CVConfig,
     DataSpec,
@@ -33,7 +34,7 @@ REQUIRED = ["--data", "d", "--out", "o", "--model", "m"]
 SETTINGS: dict[str, tuple[type, list[str]]] = {
     "ask": (AskConfig, ["c", "q", "--model", "m"]),
     "chat": (AskConfig, ["c", "--model", "m"]),
-    "app": (AskConfig, ["--model", "m"]),
+    "app": (AppConfig, ["--model", "m"]),
     "eval": (EvalConfig, REQUIRED),
     "train": (TrainConfig, REQUIRED),
     "cv": (CVConfig, REQUIRED),
@@ -247,3 +248,17 @@ def test_ask_help_is_short(monkeypatch):
     """The rare knobs (server, vLLM engine, face tracker, 4-bit details) are one flag per section."""
     monkeypatch.setenv("COLUMNS", "80")
     assert len(cli("ask", "--help").stdout.splitlines()) <= 107  # half of its 215 lines with a flag each
+
+
+def test_the_cli_spells_the_flag_of_every_setting_a_library_error_names():
+    from mevqa.cli._args import with_flag
+
+    library = "out of memory answering 8 questions at once — lower `batch_size` (try 4) or `frames.frames`"
+    assert with_flag(library, EvalConfig) == (
+        "out of memory answering 8 questions at once — lower `batch_size` (--batch-size) (try 4) or "
+        "`frames.frames` (--frames)"
+    )
+    assert with_flag("`server.base_url` http://h — nothing answers", AskConfig).count("(--base-url)") == 1
+    packed = with_flag("x — set `server.retries`", AskConfig)
+    assert packed.endswith("`server.retries` (--server-args retries=...)")
+    assert with_flag("d — no such file", EvalConfig) == "d — no such file"  # no setting named: unchanged

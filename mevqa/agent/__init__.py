@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ class ClipContext:
     onset: int | None = None
     apex: int | None = None
     offset: int | None = None
+    spot_recipe: str | None = None  # the spotter's settings (`mevqa spot --tune`'s spot_recipe.yaml)
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def parts(self, cfg: FrameConfig | None = None) -> list[Part]:
@@ -70,7 +70,7 @@ class ClipContext:
     def spot_settings(self) -> Any:
         from mevqa.spot import spot_settings
 
-        return spot_settings(self.frames.face)
+        return spot_settings(self.frames.face, self.spot_recipe)
 
     def _spotted(self) -> tuple[list[Any], Any]:
         """The video's events and motion signal (`mevqa spot`), computed once and shared with the events'
@@ -93,7 +93,9 @@ class ClipContext:
         from mevqa.spot import nth_event
 
         e = nth_event(self.events(), n, self.path)
-        return ClipContext(self.path, self.frames, e.onset, e.apex, e.offset, {"spot": self._spotted()})
+        narrowed = dataclasses.replace(self, onset=e.onset, apex=e.apex, offset=e.offset, _cache={})
+        narrowed._cache["spot"] = self._spotted()
+        return narrowed
 
     def flow(self) -> tuple[Image.Image, dict[str, float]]:
         """The onset -> apex flow image and per-region motion (pixels, 99th percentile)."""
@@ -226,7 +228,7 @@ def tool_llm(cfg: AskConfig, backend: Backend) -> Callable[[], Any] | None:
     def build() -> Any:
         from mevqa.agent.lc import server_chat_model
 
-        api_key = cfg.server.api_key or os.environ.get("MEVQA_API_KEY")
+        api_key = cfg.server.key
         return server_chat_model(cfg.server.base_url[0], backend.model, api_key, cfg.gen.max_new_tokens)
 
     return build
@@ -259,20 +261,20 @@ class ChatSession:
         tool_llm: Callable[[], Any] | None = None,
         prompt: str = "plain",
         max_question_chars: int = MAX_QUESTION_CHARS,
+        seed: int = 0,
     ):
         self.backend, self.ctx, self.gen, self.tool_llm = backend, ctx, gen or GenConfig(), tool_llm
         self.prompt = prompt  # the prompt strategy an adapter was trained with (its mevqa.yaml)
         self.history: list[Message] = []
-        self.max_question_chars = max_question_chars
+        self.max_question_chars, self.seed = max_question_chars, seed
 
     def request(self, text: str) -> VQARequest:
         if not self.history:  # the first turn carries the frames, phrased as eval would phrase it
             parts = self.ctx.parts()
-            return VQARequest(
-                "turn0", (Message.user(*parts, prompted(self.backend, parts, text, self.prompt, self.gen)),)
-            )
+            text = prompted(self.backend, parts, text, self.prompt, self.gen, self.seed)
+            return VQARequest("turn0", (Message.user(*parts, text),), seed=self.seed)
         turn = Message.user(text)
-        return VQARequest(f"turn{len(self.history) // 2}", (*self.history, turn))
+        return VQARequest(f"turn{len(self.history) // 2}", (*self.history, turn), seed=self.seed)
 
     def send(self, text: str) -> Answer:
         """Ask `text`; the turn joins the history only when it was answered."""

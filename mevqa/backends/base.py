@@ -134,8 +134,8 @@ def out_of_memory(e: BaseException) -> bool:
 def oom_error(questions: int) -> ModelError:
     """Out of memory is a setting to change, not a failed answer: the run stops and says what to try."""
     return ModelError(
-        f"out of memory answering {questions} questions at once — lower --batch-size "
-        f"(try {max(1, questions // 2)}) or --frames"
+        f"out of memory answering {questions} questions at once — lower `batch_size` "
+        f"(try {max(1, questions // 2)}) or `frames.frames`"
     )
 
 
@@ -180,18 +180,18 @@ def load_backend(
     server, engine = server or ServerSpec(), engine or VLLMSpec()
     if model.backend != "openai" and server != ServerSpec():
         raise InputError(
-            f"--base-url and the other server settings — need --backend openai, not {model.backend}"
+            f"server settings (`server.base_url`, ...) — need `model.backend` openai, not {model.backend}"
         )
     if model.backend != "vllm" and engine != VLLMSpec():
         raise InputError(
-            f"vLLM engine settings (--tensor-parallel-size, ...) — need --backend vllm, not {model.backend}"
+            f"vLLM engine settings (vllm.*) — need `model.backend` vllm, not {model.backend}"
         )
     module, cls = BACKENDS[model.backend].split(":")
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
         raise MissingDependency(
-            f"--backend {model.backend} — needs {e.name}: pip install 'mevqa[{model.backend}]'"
+            f"model.backend {model.backend} — needs {e.name}: pip install 'mevqa[{model.backend}]'"
         ) from None
     return getattr(mod, cls).from_config(model, server, engine)
 
@@ -210,6 +210,6 @@ def adapter_defaults(values: dict[str, Any]) -> dict[str, Any]:
     if adapter and model.get("backend") == "openai" and server.get("base_url") and not os.path.isdir(adapter):
         from mevqa.backends.openai_server import served_folder
 
-        api_key = server.get("api_key") or os.environ.get("MEVQA_API_KEY")
-        adapter = served_folder(server["base_url"][0], adapter, api_key) or adapter
+        key = ServerSpec(api_key=server.get("api_key")).key
+        adapter = served_folder(server["base_url"][0], adapter, key) or adapter
     return recorded_settings(adapter)

@@ -110,7 +110,9 @@ class TransformersBackend(Backend[PlannedBatch]):
         if any(images):
             kwargs["images"] = images
         if videos and getattr(self.processor, "video_processor", None) is None:
-            raise ModelError(f"--model {self.model_id} — its processor takes images only; use --input frames")
+            raise ModelError(
+                f"model.model {self.model_id} — its processor takes images only; set `frames.input` to frames"
+            )
         kwargs.update(video_kwargs(videos))
         return dict(self.processor(**kwargs))
 

@@ -16,7 +16,6 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -51,14 +50,14 @@ def list_models(base_url: str, api_key: str | None = None, timeout: float = 10) 
         r = httpx.get(f"{url}/models", headers=auth(api_key), timeout=timeout)
     except httpx.TransportError as e:
         raise ModelError(
-            f"--base-url {url} — nothing answers ({type(e).__name__}); is the server running?"
+            f"server.base_url {url} — nothing answers ({type(e).__name__}); is the server running?"
         ) from None
     if r.status_code >= 400:
-        raise ModelError(f"--base-url {url} — GET /models gave HTTP {r.status_code} ({r.text[:120]})")
+        raise ModelError(f"server.base_url {url} — GET /models gave HTTP {r.status_code} ({r.text[:120]})")
     try:
         return list(r.json().get("data", []))
     except (ValueError, AttributeError):
-        raise ModelError(f"--base-url {url} — GET /models did not answer a model list") from None
+        raise ModelError(f"server.base_url {url} — GET /models did not answer a model list") from None
 
 
 def served_folder(base_url: str, adapter: str, api_key: str | None = None) -> str | None:
@@ -120,7 +119,7 @@ def parse_choices(body: bytes, cut: bool, content_type: str) -> tuple[list[str],
         shown = body[:80].decode("utf-8", "replace")
         raise RequestFailed(
             f"HTTP 200 but not a chat completion ({content_type or 'no content type'}: {shown!r}); "
-            "is --base-url an OpenAI-compatible /v1?"
+            "is `server.base_url` an OpenAI-compatible /v1?"
         )
     long = max(len(t) for t in texts)
     note = f"answer of {long} characters truncated to {MAX_ANSWER_CHARS}" if long > MAX_ANSWER_CHARS else None
@@ -155,11 +154,13 @@ class OpenAIBackend(Backend[Prepared]):
     @classmethod
     def from_config(cls, model: ModelSpec, server: ServerSpec, engine: VLLMSpec) -> OpenAIBackend:
         if not server.base_url:
-            raise InputError("--backend openai — needs --base-url http://HOST:PORT/v1 (one per replica)")
+            raise InputError(
+                "model.backend openai — needs `server.base_url` http://HOST:PORT/v1 (one per replica)"
+            )
         backend = cls(
             list(server.base_url),
             model.model,
-            server.api_key or os.environ.get("MEVQA_API_KEY"),
+            server.key,
             server.concurrency,
             server.timeout,
             server.retries,

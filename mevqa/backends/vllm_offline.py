@@ -69,7 +69,7 @@ def _vllm() -> Any:
         from vllm.lora.request import LoRARequest
     except ImportError:
         raise MissingDependency(
-            "--backend vllm — vLLM is not installed in this environment: build its own with `make vllm` "
+            "model.backend vllm — vLLM is not installed in this environment: build its own with `make vllm` "
             "and run mevqa from .venv-vllm/bin, or `mevqa serve` it and use --backend openai"
         ) from None
     return vllm, LoRARequest
@@ -143,7 +143,7 @@ class VLLMBackend(Backend[Prepared]):
             llm = vllm.LLM(**kwargs)
         except (RuntimeError, ValueError) as e:
             raise ModelError(
-                f"--model {model.model} — vLLM cannot load it ({str(e).splitlines()[0][:200]})"
+                f"model.model {model.model} — vLLM cannot load it ({str(e).splitlines()[0][:200]})"
             ) from None
         return cls(llm, load_processor(model.model, model.trust_remote_code), model.model, model.adapter)
 

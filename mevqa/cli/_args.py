@@ -174,11 +174,22 @@ def load_settings(
 
 
 def with_flag(message: str, cls: type | None) -> str:
-    """`mevqa eval: model.model — required` -> `... model.model (--model) — required`: the library names
-    settings (the app shows its errors to people who never typed a flag); the CLI adds the flag."""
-    m = re.match(r"^((?:[^:]*: )?)([a-z_]+(?:\.[a-z_]+)*)(?= = | — | (?!\(--)\S)", message)  # once
-    flag = m and cls and _flag_of(cls, m.group(2))
-    return f"{m.group(1)}{m.group(2)} ({flag}){message[m.end(2) :]}" if m and flag else message
+    """`mevqa eval: model.model — required` -> `... model.model (--model) — required`, and each setting
+    the message names in backticks gets its flag too: the library names settings (the app shows its errors
+    to people who never typed a flag); the CLI adds the flags."""
+    if cls is None:
+        return message
+    # the subject: a dotted path (`lora.r = 0`, `model.model DIR — ...`) or a name right before ` = `/` — `
+    subject = r"[a-z_]+(?:\.[a-z_]+)+(?= = | — | (?!\(--)\S)|[a-z_]+(?= = | — )"
+    m = re.match(rf"^((?:[^:]*: )?)({subject})", message)
+    if m and (flag := _flag_of(cls, m.group(2))):
+        message = f"{m.group(1)}{m.group(2)} ({flag}){message[m.end(2) :]}"
+
+    def named(b: re.Match) -> str:
+        flag = _flag_of(cls, b.group(1))
+        return f"{b.group(0)} ({flag})" if flag else b.group(0)
+
+    return re.sub(r"`([a-z_]+(?:\.[a-z_]+)*)`(?! \(--)", named, message)
 
 
 def _flag_of(cls: type, path: str) -> str | None:

@@ -7,20 +7,15 @@ import os
 from typing import Any
 
 from mevqa.cli._args import add_settings, load_settings
-from mevqa.config import AskConfig, UploadLimits
+from mevqa.config import AppConfig
 from mevqa.errors import InputError
 
 # AskConfig settings about one clip given on the command line: the app's clips are uploaded, its events
 # chosen on the page (a flag the app would ignore is no flag of it)
-PER_CLIP = ("onset", "apex", "offset", "event", "spot_recipe")
-LIMIT_FLAGS = {  # UploadLimits fields that are flags: what an operator sizes
-    "max_upload_mb": "the largest upload, in MB",
-    "max_disk_mb": "disk for every session's uploads and Gradio's cache together, in MB",
-    "idle_minutes": "a session unused this long loses its uploads",
-}
+PER_CLIP = ("onset", "apex", "offset", "event")
 
 
-def app_settings(a: argparse.Namespace) -> tuple[AskConfig, str | None]:
+def app_settings(a: argparse.Namespace) -> tuple[AppConfig, str | None]:
     """The model settings as ask and chat resolve them (flags over an adapter's recorded settings, a
     served adapter NAME traced to its folder), and the page's notice when no model was given: then the
     app runs on the demo's tiny model. A --base-url alone means a served model."""
@@ -41,18 +36,8 @@ def app_settings(a: argparse.Namespace) -> tuple[AskConfig, str | None]:
             notice.append(f"No checkpoint given — running on {what}.")
         return {**adapter_defaults({**values, "model": model}), "model": model}
 
-    cfg = load_settings(a, AskConfig, "app", defaults)
+    cfg = load_settings(a, AppConfig, "app", defaults)
     return cfg, (notice[0] if notice else None)
-
-
-def upload_limits(a: argparse.Namespace) -> UploadLimits:
-    """The limits the flags set (the others at their defaults); a bad one names its flag."""
-    given = {k: getattr(a, k) for k in LIMIT_FLAGS if getattr(a, k) is not None}
-    try:
-        return UploadLimits(**given)
-    except InputError as e:
-        name, _, why = str(e).partition(" ")
-        raise InputError(f"{name} (--{name.replace('_', '-')}) {why}") from None
 
 
 def cmd_app(a: argparse.Namespace) -> int:
@@ -60,9 +45,8 @@ def cmd_app(a: argparse.Namespace) -> int:
     from mevqa.app import build_demo, launch, parse_auth
 
     auth = parse_auth(a.auth or os.environ.get("MEVQA_AUTH"))  # before a model loads
-    limits = upload_limits(a)
     cfg, notice = app_settings(a)
-    launch(build_demo(cfg, limits, a.work_dir, notice), a.host, a.port, auth, limits)
+    launch(build_demo(cfg, cfg.limits, a.work_dir, notice), a.host, a.port, auth, cfg.limits)
     return 0
 
 
@@ -87,9 +71,5 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         metavar="DIR",
         help="folder for unpacked uploads (default: a temporary one, removed on exit)",
     )
-    for name, text in LIMIT_FLAGS.items():
-        default = getattr(UploadLimits, name)  # a dataclass keeps each field's default on the class
-        flag = f"--{name.replace('_', '-')}"
-        g.add_argument(flag, type=float, metavar="X", help=f"{text} (default: {default:g})")
-    add_settings(p, AskConfig, skip=PER_CLIP)
+    add_settings(p, AppConfig, skip=PER_CLIP)
     p.set_defaults(func=cmd_app)

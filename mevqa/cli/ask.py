@@ -82,7 +82,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
     from mevqa.backends.base import load_backend, set_threads
 
     cfg = _settings(a, "chat")
-    ctx = ClipContext(a.clip, cfg.frames, *_keyframes(a.clip, cfg))
+    ctx = ClipContext(a.clip, cfg.frames, *_keyframes(a.clip, cfg), spot_recipe=cfg.spot_recipe)
     ctx.parts()  # a bad clip fails here, before the model loads
     set_threads(cfg.threads)
     backend = load_backend(cfg.model, cfg.server, cfg.vllm)
@@ -93,6 +93,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
         tool_llm=tool_llm(cfg, backend),
         prompt=cfg.prompt,
         max_question_chars=cfg.max_question_chars,
+        seed=cfg.seed,
     )
     who = cfg.model.model + (f" + {cfg.model.adapter}" if cfg.model.adapter else "")
     print(f"chatting about {a.clip} with {who}. {chat_help()}")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from mevqa.cli._args import add_settings, given
-from mevqa.config import VLLMSpec, from_dict
+from mevqa.config import ServerSpec, VLLMSpec, from_dict
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -20,7 +19,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         host=a.host,
         port=a.port,
         engine=engine,
-        api_key=a.api_key or os.environ.get("MEVQA_API_KEY"),
+        api_key=ServerSpec(api_key=a.api_key).key,
         dtype=a.dtype,
     )
     return serve(p, a.engine, a.dry_run, a.vllm, verbose=getattr(a, "verbose", False))

@@ -45,12 +45,12 @@ def check_task(cfg: EvalConfig) -> None:
 
     sheet = Path(cfg.data).suffix.lower() in (".csv", ".xlsx")
     if cfg.task == "str" and not sheet:
-        raise InputError(f"data {cfg.data} — task str takes a long-video annotation sheet (.csv/.xlsx)")
+        raise InputError(f"`data` {cfg.data} — task str takes a long-video annotation sheet (.csv/.xlsx)")
     if cfg.task == "lvqa":
         rows = [] if sheet else read_jsonl(cfg.data)
         if not rows or not all(classify(str(r.get("question", "")))[0].startswith("lvqa") for r in rows):
             raise InputError(
-                f"data {cfg.data} — task lvqa takes an ME-LVQA question file (six questions a video)"
+                f"`data` {cfg.data} — task lvqa takes an ME-LVQA question file (six questions a video)"
             )
 
 

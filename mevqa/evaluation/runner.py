@@ -314,13 +314,13 @@ def check_questions(data: str, rows: list[dict]) -> None:
     """An empty file or two questions with one id are refused before any work: a repeated id would keep
     one answer for both and score the wrong one."""
     if not rows:
-        raise InputError(f"data {data} — holds no questions")
+        raise InputError(f"`data` {data} — holds no questions")
     seen: dict[str, int] = {}
     for n, r in enumerate(rows, start=1):
         rid = row_id(r)
         if rid in seen:
             raise InputError(
-                f"data {data} — duplicate id {rid!r} (rows {seen[rid]} and {n}); ids must be unique"
+                f"`data` {data} — duplicate id {rid!r} (rows {seen[rid]} and {n}); ids must be unique"
             )
         seen[rid] = n
 
@@ -332,10 +332,10 @@ def run_eval(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any] 
     check_questions(cfg.data, all_rows)
     rows = all_rows[: cfg.limit] if cfg.limit else all_rows
     if cfg.root and not Path(cfg.root).is_dir():
-        raise InputError(f"root {cfg.root} — no such folder")
+        raise InputError(f"`root` {cfg.root} — no such folder")
     out, shard = Path(cfg.out), Shard.current(cfg.model.device)
     if out.exists() and not out.is_dir():
-        raise InputError(f"out {out} — is a file, not a folder")
+        raise InputError(f"`out` {out} — is a file, not a folder")
     lock = FolderLock(out) if shard.main else None
     try:
         return _answer_and_write(cfg, backend, shard, all_rows, rows)

@@ -175,7 +175,7 @@ def served_name(adapter: str, models: list[dict]) -> str:
             if m.get("root") and Path(m["root"]).resolve() == path.resolve():
                 return m["id"]
     raise InputError(
-        f"--adapter {adapter} — not served here; served models: {', '.join(ids) or 'none'} "
+        f"model.adapter {adapter} — not served here; served models: {', '.join(ids) or 'none'} "
         "(start it with `mevqa serve --adapter NAME=PATH` and pass NAME or PATH)"
     )
 
@@ -185,7 +185,7 @@ def check_base(adapter: str | Path, model: str) -> None:
     want = recipe(adapter).get("base_config_hash")
     if want and want != (have := config_hash(model)):
         raise ModelError(
-            f"--adapter {adapter} — trained on a base with config hash {want}, but --model "
+            f"model.adapter {adapter} — trained on a base with config hash {want}, but `model.model` "
             f"{model} has {have}; pass the base model it was trained on"
         )
 
@@ -197,7 +197,7 @@ def check_adapter(adapter: str | Path, model: str) -> dict:
     if not (path / "adapter_model.safetensors").is_file():
         pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
         raise ModelError(
-            f"--adapter {adapter} — no adapter_model.safetensors"
+            f"model.adapter {adapter} — no adapter_model.safetensors"
             + (
                 f" (only pickle weights: {pickles[0]}; mevqa loads safetensors only — load it once in peft "
                 "and save_pretrained(..., safe_serialization=True))"
@@ -228,14 +228,15 @@ def attach_adapter(model: Any, adapter: str | Path, model_id: str) -> Any:
         wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise ModelError(
-            f"--adapter {adapter} — does not fit --model {model_id} ({str(e).strip().splitlines()[0][:200]})"
+            f"model.adapter {adapter} — does not fit `model.model` {model_id} "
+            f"({str(e).strip().splitlines()[0][:200]})"
         ) from None
     modules = {n for n, _ in wrapped.named_modules()}
     with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
         missing = [k for k in f.keys() if k.rsplit(".", 2)[0] not in modules]
     if missing:
         raise ModelError(
-            f"--adapter {adapter} — {len(missing)} weights match no module of --model "
+            f"model.adapter {adapter} — {len(missing)} weights match no module of `model.model` "
             f"{model_id} (first: {missing[0]}); the adapter was trained on another base"
         )
     return wrapped.eval()

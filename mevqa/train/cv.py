@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mevqa.config import CVConfig, to_dict
+from mevqa.config import CV_PER_FOLD, CVConfig, TrainConfig, to_dict
 from mevqa.data.megc import read_jsonl, row_id, write_jsonl
 from mevqa.dist import Shard
 from mevqa.errors import InputError
@@ -122,8 +122,20 @@ def _done(folder: Path) -> bool:
     return (folder / "eval" / "metrics.json").exists() and (folder / "eval" / "report.md").exists()
 
 
+def _say_what_folds_decide(train: TrainConfig) -> None:
+    """A recipe's held-out and resume settings (tiny_synthme.yaml scores held-out data while it trains) are
+    not what a fold uses: say so rather than drop them quietly."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    given = [f"{k}={getattr(train, k)}" for k in CV_PER_FOLD if getattr(train, k) != defaults[k]]
+    if given:
+        log.warning(
+            "cv decides %s per fold: the recipe's %s are not used", ", ".join(CV_PER_FOLD), ", ".join(given)
+        )
+
+
 def cross_validate(cfg: CVConfig) -> dict[str, Any] | None:
     """Every fold, then the pooled score; returns the summary (None in the non-main processes)."""
+    _say_what_folds_decide(cfg.train)
     out = Path(cfg.train.out)
     rows = [r for r in read_jsonl(cfg.train.data) if str(r.get("answer", "")).strip()]
     if not rows:

@@ -270,7 +270,7 @@ def check_out(cfg: TrainConfig) -> None:
     theirs = sorted(p.name for p in out.iterdir() if p.name != ".lock" and not is_temp(p))
     if theirs:
         raise InputError(
-            f"out {out} — holds files mevqa train did not write ({', '.join(theirs[:3])}); choose an "
+            f"`out` {out} — holds files mevqa train did not write ({', '.join(theirs[:3])}); choose an "
             "empty or new folder, or pass --overwrite to write over them"
         )
 
