@@ -183,9 +183,7 @@ def load_backend(
             f"server settings (`server.base_url`, ...) — need `model.backend` openai, not {model.backend}"
         )
     if model.backend != "vllm" and engine != VLLMSpec():
-        raise InputError(
-            f"vLLM engine settings (vllm.*) — need `model.backend` vllm, not {model.backend}"
-        )
+        raise InputError(f"vLLM engine settings (vllm.*) — need `model.backend` vllm, not {model.backend}")
     module, cls = BACKENDS[model.backend].split(":")
     try:
         mod = importlib.import_module(module)
