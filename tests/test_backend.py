@@ -86,7 +86,7 @@ def test_message_renders_same_parts_for_hf_and_openai(clips):
 def test_unknown_backend_and_misplaced_settings(tiny_qwen):
     with pytest.raises(InputError, match="choose one of transformers, openai, vllm"):
         load_backend(ModelSpec("x", backend="nope"))
-    with pytest.raises(InputError, match="need --backend openai"):  # not silently ignored
+    with pytest.raises(InputError, match="need `model.backend` openai"):  # not silently ignored
         load_backend(ModelSpec(str(tiny_qwen)), ServerSpec(base_url=("http://127.0.0.1:9/v1",)))
 
 
