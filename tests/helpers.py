@@ -8,6 +8,8 @@ import io
 import os
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,9 +156,6 @@ class TransformersServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> TransformersServer:
-        import time
-
-        import httpx
 
         exe = Path(sys.executable).with_name("transformers")
         self.cache.mkdir(parents=True, exist_ok=True)  # /v1/models scans the HF cache, which must exist
@@ -167,13 +166,8 @@ class TransformersServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.3)
+        if wait_for_models(self.url, self.proc, timeout):
+            return self
         self.stop()
         raise RuntimeError("transformers serve did not come up")
 
@@ -181,3 +175,35 @@ class TransformersServer:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def drain(stream, timeout: float = 60) -> dict:
+    """Consume a stream on a thread of its own: {"items": [...]} or {"error": e}; a stream that never
+    ends fails the test, not the suite."""
+    out = {}
+
+    def run():
+        try:
+            out["items"] = list(stream)
+        except Exception as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "the stream never ended"
+    return out
+
+
+def wait_for_models(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Poll a server's GET /models until it answers 200 (True), its process exits or time runs out."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            time.sleep(0.5)
+    return False

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import drain, free_port
 
 from mevqa.app import Demo
 from mevqa.config import AskConfig, UploadLimits, from_dict
@@ -426,25 +426,6 @@ def test_questions_are_capped(qwen, synthme):
         ChatSession(qwen, ctx).command("why? " * 1000)
 
 
-def _streaming(gen):
-    """Consume a stream on a thread of its own; a stream that never ends fails the test, not the suite."""
-    import threading
-
-    out = {}
-
-    def run():
-        try:
-            out["items"] = list(gen)
-        except Exception as e:
-            out["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(60)
-    assert not t.is_alive(), "the stream never ended"
-    return out
-
-
 def test_a_generation_error_ends_the_stream(qwen, synthme, monkeypatch):
     from test_agent import annotated, ctx_for
 
@@ -454,7 +435,7 @@ def test_a_generation_error_ends_the_stream(qwen, synthme, monkeypatch):
     monkeypatch.setattr(qwen.model, "generate", broken)
     ctx = ctx_for(synthme, annotated(synthme)[0])
     demo = Demo(qwen, settings(), UploadLimits(), Path(synthme))
-    out = _streaming(demo.respond(Q, [], ctx, "frames", 4, "plain", False))
+    out = drain(demo.respond(Q, [], ctx, "frames", 4, "plain", False))
     history, _ = out["items"][-1]
     text = history[-1]["content"]
     assert text.startswith("error: generation — the model failed while answering: RuntimeError: CUDA error")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import drain
 
 from mevqa.backends.base import Backend, VQARequest, load_backend
 from mevqa.config import FrameConfig, GenConfig, ModelSpec, ServerSpec
@@ -249,24 +250,8 @@ def test_requests_without_a_prefix_key_are_answered_apart(qwen, clips, synthme):
 def test_a_failing_generate_ends_the_stream_and_the_next_request_is_served(qwen, monkeypatch):
     """A generate that raises in the stream's thread ends the stream with one clear error (no hang),
     and the backend then serves the next request."""
-    import threading
 
     from mevqa.errors import ModelError
-
-    def drain(request):
-        out = {}
-
-        def run():
-            try:
-                out["texts"] = list(qwen.stream(request, GenConfig(max_new_tokens=6)))
-            except Exception as e:
-                out["error"] = e
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        t.join(60)
-        assert not t.is_alive(), "the stream never ended"
-        return out
 
     real = qwen.model.generate
     calls = []
@@ -279,11 +264,11 @@ def test_a_failing_generate_ends_the_stream_and_the_next_request_is_served(qwen,
 
     monkeypatch.setattr(qwen.model, "generate", fails_once)
     req = VQARequest("q", (Message.user("Describe the face."),))
-    failed = drain(req)
+    failed = drain(qwen.stream(req, GenConfig(max_new_tokens=6)))
     assert isinstance(failed.get("error"), ModelError)
     assert "RuntimeError: CUDA error: an illegal memory access" in str(failed["error"])
-    served = drain(req)
-    assert "error" not in served and served["texts"], served
+    served = drain(qwen.stream(req, GenConfig(max_new_tokens=6)))
+    assert "error" not in served and served["items"], served
 
 
 def test_out_of_memory_is_told_by_its_type():

@@ -17,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from helpers import cli, eval_cli, free_port, make_adapter, served_eval_args, train_args
+from helpers import cli, eval_cli, free_port, make_adapter, served_eval_args, train_args, wait_for_models
 
 from mevqa.data.megc import read_jsonl, row_id
 from mevqa.models.loading import config_hash
@@ -91,13 +90,8 @@ class VLLMServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mevqa", *args], env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
-        deadline = time.time() + timeout
-        while time.time() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(1)
+        if wait_for_models(self.url, self.proc, timeout):
+            return self
         self.stop()
         raise RuntimeError(f"vLLM did not come up: {(self.work / 'serve.log').read_text()[-3000:]}")
 
@@ -287,6 +281,9 @@ def test_server_death_mid_eval_then_sigterm_stops_all_and_rerun_completes(
     rows = read_jsonl(pred)
     errors = [x for x in rows if x["error"]]
     assert proc.returncode == 1 and len(rows) == total and 0 < len(errors) < total, stdout
+    assert any("Connect" in x["error"] for x in errors), errors  # the server gone, named as such
     server.start()
     r = cli(*args)
     assert r.returncode == 0 and f"{len(errors)} answered this run" in r.stdout and ", 0 errors" in r.stdout
+    final = read_jsonl(pred)
+    assert len({row_id(x) for x in final}) == len(final) == total and not any(x["error"] for x in final)
