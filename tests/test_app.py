@@ -214,12 +214,11 @@ def test_upload_caps_before_extracting(tmp_path):
         unpack_upload(str(bomb), work, UploadLimits(max_unpacked_mb=4))
     assert not any(p.is_file() for p in work.rglob("*"))
     big = tmp_path / "big.mp4"
-    import cv2
     import numpy as np
 
-    w = cv2.VideoWriter(str(big), cv2.VideoWriter_fourcc(*"mp4v"), 200, (4096, 4096))
-    w.write(np.zeros((4096, 4096, 3), np.uint8))
-    w.release()
+    from mevqa.io import write_mp4
+
+    write_mp4(big, [np.zeros((4096, 4096, 3), np.uint8)], 200)
     with pytest.raises(InputError, match="4096x4096 pixels"):
         unpack_upload(str(big), work, UploadLimits(max_side=2048))
     first, second = unpack_upload(str(many), work), unpack_upload(str(many), work)

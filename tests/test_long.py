@@ -18,6 +18,7 @@ import pytest
 from helpers import cli
 
 from mevqa.data.megc import read_jsonl
+from mevqa.io import write_mp4
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -107,13 +108,7 @@ def test_tune_writes_a_recipe_that_config_takes(long_videos, tmp_path):
 
 
 def _write(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:
-    w = cv2.VideoWriter(
-        str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0])
-    )
-    for f in frames:
-        w.write(f)
-    w.release()
-    return path
+    return write_mp4(path, frames, fps)
 
 
 def test_bad_long_videos_are_one_line_or_reported_faceless(tmp_path, long_videos):

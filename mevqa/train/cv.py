@@ -62,7 +62,7 @@ def split_subjects(rows: list[dict], folds: str, seed: int) -> list[list[str]]:
     return [sorted(g) for g in groups]
 
 
-def plan_folds(cfg: CVConfig, rows: list[dict], out: Path) -> list[list[str]]:
+def plan_folds(cfg: CVConfig, rows: list[dict], out: Path, shard: Shard) -> list[list[str]]:
     """folds.json: written once (with its seed and the data's hash), then reused on every rerun."""
     path = out / "folds.json"
     data_hash = hash_file(Path(cfg.train.data))
@@ -82,7 +82,7 @@ def plan_folds(cfg: CVConfig, rows: list[dict], out: Path) -> list[list[str]]:
         "data_hash": data_hash,
         "folds": folds,
     }
-    if Shard.current(cfg.train.model.device).main:
+    if shard.main:
         atomic_write(path, json.dumps(record, indent=1) + "\n")
     return folds
 
@@ -94,9 +94,8 @@ def _fold_data(rows: list[dict], held: list[str], folder: Path) -> tuple[Path, P
     return folder / "train.jsonl", folder / "test.jsonl"
 
 
-def run_fold(cfg: CVConfig, rows: list[dict], held: list[str], folder: Path) -> None:
+def run_fold(cfg: CVConfig, rows: list[dict], held: list[str], folder: Path, shard: Shard) -> None:
     """Train (or resume) this fold's adapter on the other subjects, then answer its held-out subjects."""
-    shard = Shard.current(cfg.train.model.device)
     if shard.main and not (folder / "test.jsonl").exists():
         _fold_data(rows, held, folder)
     shard.barrier()
@@ -140,14 +139,15 @@ def cross_validate(cfg: CVConfig) -> dict[str, Any] | None:
     rows = [r for r in read_jsonl(cfg.train.data) if str(r.get("answer", "")).strip()]
     if not rows:
         raise InputError(f"train.data {cfg.train.data} — no rows with answers")
-    folds = plan_folds(cfg, rows, out)
-    main = Shard.current(cfg.train.model.device).main
+    shard = Shard.current(cfg.train.model.device)  # once: the launcher's process group for every fold
+    folds = plan_folds(cfg, rows, out, shard)
+    main = shard.main
     for k, held in enumerate(tqdm(folds, desc="folds", unit="fold", disable=not main), start=1):
         folder = out / f"fold-{k}"
         if _done(folder):
             log.info("fold %d of %d: done already", k, len(folds))
             continue
-        run_fold(cfg, rows, held, folder)
+        run_fold(cfg, rows, held, folder, shard)
     return pool(cfg, out, folds) if main else None
 
 
