@@ -383,6 +383,22 @@ def test_idle_sessions_expire_and_the_disk_is_capped(qwen, tmp_path):
     assert "Loaded" in status and len(list(Path(b).rglob("*.png"))) == 3
 
 
+def test_decoded_frames_kept_over_all_sessions_stay_within_the_budget(qwen, tmp_path):
+    """Four sessions each keeping a big clip's frames held 3.2 GB beside the next decode: the clips used
+    least recently forget theirs, and their next question decodes them again."""
+    z = _noise_zip(tmp_path / "up" / "clip.zip", ["img1.png", "img2.png", "img3.png", "img4.png"], size=100)
+    root = tmp_path / "root"
+    root.mkdir()
+    demo = Demo(qwen, settings(), UploadLimits(decode_megapixels=100 * 100 * 6 / 1e6), root)  # 1.5 clips
+    a, *_ = _load(demo, z)
+    assert a.kept_pixels() == 4 * 100 * 100
+    b, *_ = _load(demo, z)
+    assert a.kept_pixels() == 0 and b.kept_pixels() == 4 * 100 * 100
+    history, _ = list(demo.respond(Q, [], a, "frames", 4, "plain", False))[-1]
+    assert history[-1]["content"] and not history[-1]["content"].startswith("**error")
+    assert a.kept_pixels() == 4 * 100 * 100  # decoded again for its question
+
+
 def test_big_clips_wait_for_each_other_to_decode():
     """Four 4096x4096 uploads at once killed the app: decoding is admitted by pixel count."""
     import threading

@@ -23,7 +23,16 @@ from mevqa.errors import MevqaError
 from mevqa.evaluation.parse import parse_aus, parse_label, prompted
 from mevqa.facs import AU_LOOKS, AU_NAMES, COARSE_LABELS, EMOTION_AUS, FINE_TO_COARSE
 from mevqa.inputs import flow_field, flow_image, load_clip, region_motion, visual_parts
-from mevqa.prompts import Q_AU_MANY, Q_COARSE, Q_FINE, Message, Part, check_question, hierarchical_question
+from mevqa.prompts import (
+    Q_AU_MANY,
+    Q_COARSE,
+    Q_FINE,
+    Message,
+    Part,
+    VideoPart,
+    check_question,
+    hierarchical_question,
+)
 
 
 @dataclass
@@ -48,20 +57,30 @@ class ClipContext:
     def parts(self, cfg: FrameConfig | None = None) -> list[Part]:
         """The message parts for the input mode (images, or one video part)."""
         cfg = cfg or self.frames
-        if cfg in self._cache:
-            self._cache[cfg] = self._cache.pop(cfg)  # the most recently used last
-        else:
+        parts = self._cache.pop(cfg, None)  # (the app may `forget()` this clip from another thread)
+        if parts is None:
             kept = [k for k in self._cache if isinstance(k, FrameConfig)]
             for k in kept[: max(0, len(kept) - self.KEEP + 1)]:  # the least recently used first
-                del self._cache[k]
-            self._cache[cfg] = visual_parts(
-                load_clip(self.path, cfg, self.onset, self.apex, self.offset), cfg
-            )
-        return self._cache[cfg]
+                self._cache.pop(k, None)
+            parts = visual_parts(load_clip(self.path, cfg, self.onset, self.apex, self.offset), cfg)
+        self._cache[cfg] = parts  # the most recently used last
+        return parts
 
     def forget(self) -> None:
         """Drop what was decoded (the app's expired sessions): a later turn decodes again if it can."""
         self._cache.clear()
+
+    def kept_pixels(self) -> int:
+        """Pixels of the decoded frames held for the model (the app caps them over all its sessions)."""
+        images = [
+            im
+            for k, parts in self._cache.items()
+            if isinstance(k, FrameConfig)
+            for p in parts
+            for im in (p.frames if isinstance(p, VideoPart) else (p,))
+            if isinstance(im, Image.Image)
+        ]
+        return sum(im.width * im.height for im in images)
 
     def images(self, cfg: FrameConfig | None = None) -> list[Image.Image]:
         parts = self.parts(cfg)
