@@ -523,7 +523,8 @@ def nth_event(events: list[Event], n: int, path: str) -> Event:
     """The n-th spotted event (1-based, in time order), or an error saying how many there are."""
     if not 1 <= n <= len(events):
         raise InputError(
-            f"{path} — event {n} asked for, but {len(events)} were spotted (mevqa spot shows them)"
+            f"{path} — event {n} asked for, but {len(events)} "
+            f"{'was' if len(events) == 1 else 'were'} spotted (mevqa spot shows them)"
         )
     return sorted(events, key=lambda e: e.onset)[n - 1]
 

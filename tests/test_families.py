@@ -12,8 +12,9 @@ from test_train import batch_of, cfg_for
 
 from mevqa.backends.base import load_backend
 from mevqa.config import ModelSpec
+from mevqa.models.adapters import attach_adapter
 from mevqa.models.families import FAMILIES, FAMILY_TABLE, SHAPES, for_model_type
-from mevqa.models.loading import load_processor
+from mevqa.models.loading import load_model, load_processor
 from mevqa.train.loop import train
 from mevqa.train.model import build_model
 
@@ -85,12 +86,15 @@ def test_merged_adapter_answers_as_the_unmerged_one(synthme, tiny_of, tmp_path, 
     r = cli("adapters", "merge", adapter, "--out", tmp_path / "merged")
     assert r.returncode == 0, r.stderr
     batch = batch_of(cfg_for(synthme, base, tmp_path), load_processor(str(base)))
-    a = load_backend(ModelSpec(str(base), adapter=str(adapter), device="cpu")).model
+    unmerged = attach_adapter(load_model(ModelSpec(str(base), device="cpu")), adapter, str(base))
+    asked = load_backend(ModelSpec(str(base), adapter=str(adapter), device="cpu")).model  # merged in memory
     b = load_backend(ModelSpec(str(tmp_path / "merged"), device="cpu")).model
     plain = load_backend(ModelSpec(str(base), device="cpu")).model
     with torch.no_grad():
-        la, lb, lp = a(**batch).logits, b(**batch).logits, plain(**batch).logits
+        la, lb, lp = unmerged(**batch).logits, b(**batch).logits, plain(**batch).logits
+        lasked = asked(**batch).logits
     torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(la, lasked, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(la, lp, atol=1e-3)  # the adapter is a real change
 
 

@@ -228,7 +228,10 @@ def test_adapters_list_and_merge(synthme, tiny_qwen, trained, tmp_path):
     from mevqa.models.loading import load_processor
 
     batch = batch_of(cfg_for(synthme, tiny_qwen, tmp_path), load_processor(str(tiny_qwen)))
-    a = load_backend(ModelSpec(str(tiny_qwen), str(trained), device="cpu")).model
+    from mevqa.models.adapters import attach_adapter
+    from mevqa.models.loading import load_model
+
+    a = attach_adapter(load_model(ModelSpec(str(tiny_qwen), device="cpu")), trained, str(tiny_qwen))
     b = load_backend(ModelSpec(str(merged), device="cpu")).model
     with torch.no_grad():
         torch.testing.assert_close(a(**batch).logits, b(**batch).logits, atol=1e-4, rtol=1e-4)

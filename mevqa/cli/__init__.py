@@ -61,7 +61,11 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # point at the help that lists the command's flags, not at the list of commands
+        parser.prog = f"mevqa {args.command}"
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     verbose = getattr(args, "verbose", False)
     level = logging.INFO if verbose else logging.WARNING
     # force: in-process callers (tests, the demo) call main() repeatedly with other streams
