@@ -169,7 +169,7 @@ class Killed(Exception):
     """Stands for a kill right after a checkpoint reached the disk."""
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one(synthme, tiny_qwen, tmp_path, monkeypatch):
+def test_a_resumed_run_equals_an_uninterrupted_one(synthme, tiny_qwen, tmp_path, monkeypatch, caplog):
     """Stopped after its step-2 checkpoint and resumed, a 4-step run ends with the same adapter, tensor by
     tensor, and the same loss curve as one never stopped: the data order, the LoRA dropout draws, AdamW's
     moments and the schedule all carry over (a step-count check alone would pass with any of them lost)."""
@@ -196,6 +196,9 @@ def test_a_resumed_run_equals_an_uninterrupted_one(synthme, tiny_qwen, tmp_path,
     a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("whole", "resumed"))
     assert a.keys() == b.keys() and a
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    with caplog.at_level("WARNING", logger="mevqa.train.loop"):  # nothing to resume: said, not silent
+        run(tmp_path / "fresh", resume=True)
+    assert "holds no checkpoint to resume from: training from step 0" in caplog.text
 
 
 def test_bad_recipe_and_existing_out(synthme, tiny_qwen, tmp_path):

@@ -125,6 +125,8 @@ class Trainer:
             self.state = load_checkpoint(ckpt, self.unwrapped, self.optimizer, self.scheduler)
             restore_rng(ckpt, self.acc.process_index, self.acc.num_processes)  # after the LoRA init drew
             log.info("resumed from %s (step %d)", ckpt, self.state["step"])
+        elif cfg.resume:  # a finished run keeps none, nor one shorter than save_every: say it starts over
+            log.warning("%s holds no checkpoint to resume from: training from step 0", self.out)
 
     @property
     def unwrapped(self) -> torch.nn.Module:
