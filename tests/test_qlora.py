@@ -72,6 +72,10 @@ def test_qlora_adapter_answers_alike_on_the_unquantized_and_the_4bit_base(qlora,
     rows = read_jsonl(synthme / "test.jsonl")
     full = load_backend(ModelSpec(str(tiny_qwen), adapter=str(out)))
     four = load_backend(ModelSpec(str(tiny_qwen), adapter=str(out), load_in_4bit=True))
+    from peft import PeftModel
+
+    # merged into the fp32 base at load; kept apart on the 4-bit one (merging would round it into nf4)
+    assert not isinstance(full.model, PeftModel) and isinstance(four.model, PeftModel)
     a = [x.text for _, x in answer_rows(cfg, full, rows)]
     b = [x.text for _, x in answer_rows(cfg, four, rows)]
     agree = sum(x == y for x, y in zip(a, b))
