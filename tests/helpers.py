@@ -156,7 +156,6 @@ class TransformersServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> TransformersServer:
-
         exe = Path(sys.executable).with_name("transformers")
         self.cache.mkdir(parents=True, exist_ok=True)  # /v1/models scans the HF cache, which must exist
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(self.cache)}
