@@ -306,11 +306,12 @@ class Demo:
         self._track(used)
         with self._decoded_lock:
             live = [c for c in (ref() for ref in self._decoded.values()) if c is not None]
-        kept = sum(c.kept_pixels() for c in live)
-        for ctx in live[:-1]:  # never the clip in use
+        sizes = [(c, c.kept_pixels()) for c in live]
+        kept = sum(px for _, px in sizes)
+        for ctx, px in sizes[:-1]:  # never the clip in use
             if kept <= self.pixels.total:
                 break
-            kept -= ctx.kept_pixels()
+            kept -= px
             ctx.forget()
 
     def load(self, file, example, mode, frames, face, session):
