@@ -23,7 +23,7 @@ from mevqa.data.megc import clip_key, resolve_clip
 from mevqa.errors import MissingDependency
 from mevqa.facs import REGION_ROWS
 from mevqa.prompts import Message, Part, VideoPart
-from mevqa.video import ClipFrames, sample
+from mevqa.video import ClipFrames, sample, shrink
 
 KEYFRAME_MODES = ("oao", "flow", "diff")
 
@@ -43,6 +43,11 @@ def flow_field(onset: np.ndarray, apex: np.ndarray, method: str = "farneback") -
             )
         return cv2.optflow.DualTVL1OpticalFlow_create().calc(a, b, None)
     return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+
+
+def flow_frames(*frames: np.ndarray) -> list[np.ndarray]:
+    """The frames flow is computed and drawn on: at most `video.ANALYSIS_MAX_SIDE` a side."""
+    return [shrink(f) for f in frames]
 
 
 def flow_image(onset: np.ndarray, flow: np.ndarray, max_mag: float | None = None) -> np.ndarray:
@@ -72,7 +77,8 @@ def keyframe_images(clip: ClipFrames, cfg: FrameConfig) -> list[np.ndarray]:
         return [onset, apex, offset]
     if cfg.input == "diff":
         return [diff_image(onset, apex)]
-    flow = flow_image(onset, flow_field(onset, apex, cfg.flow_method))
+    small_onset, small_apex = flow_frames(onset, apex)
+    flow = flow_image(small_onset, flow_field(small_onset, small_apex, cfg.flow_method))
     return [onset, apex, offset, flow] if cfg.flow_with_oao else [flow]
 
 

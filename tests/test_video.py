@@ -86,6 +86,28 @@ def test_apex_estimated_as_farthest_from_onset(clips):
     assert cf.indices[0] == 0 and cf.indices[2] == N_FRAMES - 1 and abs(cf.indices[1] - 30) <= 3
 
 
+def test_big_frames_are_analysed_shrunk_small_ones_untouched(tmp_path):
+    """Flow and the apex search work on at most 1024 px a side (a 4096x4096 pair held 2 GB and took
+    15 s at full size); the apex found is the one found at full size, and small frames are left alone."""
+    from mevqa.inputs import load_clip, visual_parts
+    from mevqa.io import write_mp4
+    from mevqa.video import ANALYSIS_MAX_SIDE, shrink
+
+    small = np.zeros((480, 640, 3), np.uint8)
+    assert shrink(small) is small
+    frames = [np.full((1536, 2048, 3), 60, np.uint8) for _ in range(12)]
+    for i, f in enumerate(frames):  # a bright square that grows to frame 7 and shrinks back
+        r = 40 * min(i, 14 - i)
+        f[700 - r : 700 + r, 1000 - r : 1000 + r] = 220
+    path = write_mp4(tmp_path / "big.mp4", frames, 30)
+    clip = open_clip(path)
+    assert estimate_apex(clip, 0, 11, probes=11) == 7
+    cfg = FrameConfig(input="flow", flow_with_oao=True)
+    onset, apex, offset, flow = visual_parts(load_clip(path, cfg), cfg)
+    assert onset.size == (2048, 1536)  # the model still gets the frames as decoded ...
+    assert flow.size == (ANALYSIS_MAX_SIDE, 768)  # ... and the flow drawn at the analysis size
+
+
 @pytest.mark.parametrize("make", ["missing", "text", "empty_dir", "truncated"])
 def test_bad_clips_raise_input_error(tmp_path, clips, make):
     if make == "missing":
