@@ -79,6 +79,36 @@ def test_one_step_changes_only_lora_weights(synthme, tiny_qwen, tmp_path):
     assert not any("visual" in n for n in trainable)  # language model only, by default
 
 
+def test_held_out_asks_a_merged_copy_with_the_same_answers(synthme, tiny_qwen, tmp_path):
+    """In-training held-out questions go to a merged copy of a small fp32 LoRA model (2-3x faster): its
+    answers are those of the training model itself, which is left as it was."""
+    from mevqa.backends.hf import TransformersBackend
+    from mevqa.evaluation.runner import answer_rows
+    from mevqa.models.loading import load_processor
+    from mevqa.train.loop import answering_model
+
+    cfg = cfg_for(synthme, tiny_qwen, tmp_path / "a", eval_data=str(synthme / "test.jsonl"))
+    model = build_model(cfg, "cpu")
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():  # a LoRA that moves the answers (B = 0 at init would not)
+        if "lora_B" in n:
+            p.data.normal_(0, 0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows, proc = load_rows(cfg.eval_data, cfg)[:12], load_processor(str(tiny_qwen))
+
+    def answers(m):
+        return [a.text for _, a in answer_rows(cfg.eval_config(), TransformersBackend(m, proc, "t"), rows)]
+
+    model.eval()
+    merged = answering_model(model)
+    assert merged is not model and not hasattr(merged, "peft_config")
+    assert answers(merged) == answers(model)
+    base = build_model(cfg, "cpu").eval()  # B = 0: the base's answers, which the LoRA changed
+    assert answers(model) != answers(base)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert any(p.requires_grad for p in model.parameters())
+
+
 def test_train_lowers_loss_and_adapter_round_trips(synthme, tiny_qwen, tmp_path):
     out = tmp_path / "lora"
     metrics = train(

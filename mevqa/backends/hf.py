@@ -28,7 +28,7 @@ from mevqa.backends.prefix_batch import Job
 from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import ModelError
 from mevqa.models import families
-from mevqa.models.adapters import attach_adapter
+from mevqa.models.adapters import attach_adapter, merges_exactly
 from mevqa.models.loading import load_model, load_processor
 from mevqa.prompts import VideoPart, to_hf, video_kwargs
 
@@ -86,11 +86,7 @@ class TransformersBackend(Backend[PlannedBatch]):
         m = load_model(model)
         if model.adapter:
             m = attach_adapter(m, model.adapter, model.model)
-            if m.dtype == torch.float32 and not getattr(m, "is_quantized", False):
-                # peft's unmerged LoRA runs two more matmuls (and a dropout) per adapted linear: merged,
-                # the demo's adapter answered 200 questions in 4.2 s instead of 13.9, the same 200 answers.
-                # Only into fp32 weights: merged into bf16 (or nf4) weights the adapter's update is rounded
-                # (Qwen3.5 bf16 then answered otherwise than vLLM's unmerged LoRA)
+            if merges_exactly(m):
                 m = m.merge_and_unload()
         return cls(m, processor, model_id=model.model, adapter=model.adapter)
 

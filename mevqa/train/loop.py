@@ -9,6 +9,7 @@ metrics.json, training.png and TensorBoard logs under runs/.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -34,7 +35,7 @@ from mevqa.evaluation.runner import answer_rows
 from mevqa.inputs import ClipParts
 from mevqa.io import FolderLock, atomic_write, is_temp, remove_stale_temps
 from mevqa.models import families
-from mevqa.models.adapters import base_id, train_traces
+from mevqa.models.adapters import base_id, merges_exactly, train_traces
 from mevqa.models.loading import config_hash, load_processor, pick_device
 from mevqa.prompts import classify
 from mevqa.train.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
@@ -60,13 +61,28 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
+# Held-out questions are asked of a merged copy of a LoRA model up to this size (as `eval --adapter` asks
+# them, same answers): the demo's three in-training evals took ~37 s each through peft's unmerged layers.
+# A copy costs the model's size again, so bigger models answer through the training model itself.
+MERGED_COPY_MAX_BYTES = 1 << 30
+
+
+def answering_model(model: torch.nn.Module) -> torch.nn.Module:
+    """What held-out questions are asked of: a merged copy of a small fp32 LoRA model, else `model`."""
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    if size > MERGED_COPY_MAX_BYTES or not merges_exactly(model):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
+
+
 def held_out(cfg: TrainConfig, model: torch.nn.Module, processor: Any, rows: list[dict], step: int) -> dict:
     """Answer the held-out rows with the model as it is now, through the eval runner's own code path."""
     model.eval()
-    backend = TransformersBackend(model, processor, cfg.model.model)
+    backend = TransformersBackend(answering_model(model), processor, cfg.model.model)
     answers = {
         row_id(r): (a.text if a.ok else None) for r, a in answer_rows(cfg.eval_config(), backend, rows)
     }
+    del backend
     model.train()
     m = score_rows(rows, answers)["overall"]
     return {"step": step, **{k: m[k] for k in HELD_OUT_KEYS}}
