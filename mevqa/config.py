@@ -405,19 +405,14 @@ ANSWERING_PACKED: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class AskConfig(Settings):
-    """`mevqa ask` and `mevqa chat`: one clip, one model.
+class AnsweringSpec(Settings):
+    """What asking a model about clips takes, for one clip (ask, chat, the app) or a file of questions (eval).
 
     Attributes:
-        onset: onset frame (a folder's file number; a video's index).
-        apex: apex frame (default: the frame farthest from onset).
-        offset: offset frame.
         prompt: plain, labels (the label set appended) or hierarchical (coarse first, then given).
-        event: ask about the N-th event `mevqa spot` finds (1 = the first): its onset, apex, offset.
-        spot_recipe: spotter settings for event (the spot_recipe.yaml of `mevqa spot --tune`).
         seed: seed for sampled answers.
-        threads: torch CPU threads (default: one per core).
-        max_question_chars: longest question accepted (characters).
+        spot_recipe: spotter settings for long videos (the spot_recipe.yaml of `mevqa spot --tune`).
+        threads: torch CPU threads (default: one per core); recorded in the run record.
     """
 
     PACKED: ClassVar[dict[str, tuple[str, ...]]] = ANSWERING_PACKED
@@ -426,14 +421,29 @@ class AskConfig(Settings):
     gen: GenConfig = setting(GenConfig())
     server: ServerSpec = setting(ServerSpec())
     vllm: VLLMSpec = setting(VLLMSpec())
+    prompt: PromptStrategy = "plain"
+    seed: int = 0
+    spot_recipe: str | None = None
+    threads: int | None = setting(None, min=1)
+
+
+@dataclass(frozen=True)
+class AskConfig(AnsweringSpec):
+    """`mevqa ask` and `mevqa chat`: one clip, one model.
+
+    Attributes:
+        onset: onset frame (a folder's file number; a video's index).
+        apex: apex frame (default: the frame farthest from onset).
+        offset: offset frame.
+        event: ask about the N-th event `mevqa spot` finds (1 = the first): its onset, apex, offset.
+        spot_recipe: spotter settings for event (the spot_recipe.yaml of `mevqa spot --tune`).
+        max_question_chars: longest question accepted (characters).
+    """
+
     onset: int | None = setting(None, min=0)
     apex: int | None = setting(None, min=0)
     offset: int | None = setting(None, min=0)
-    prompt: PromptStrategy = "plain"
     event: int | None = setting(None, min=1)
-    spot_recipe: str | None = None
-    seed: int = 0
-    threads: int | None = setting(None, min=1)
     max_question_chars: int = setting(MAX_QUESTION_CHARS, min=1)
 
 
@@ -522,7 +532,7 @@ class DataSpec(Settings):
 
 
 @dataclass(frozen=True)
-class EvalConfig(DataSpec):
+class EvalConfig(AnsweringSpec, DataSpec):
     """`mevqa eval`: answer every question of a MEGC file, resumably, and score it.
 
     Attributes:
@@ -540,28 +550,17 @@ class EvalConfig(DataSpec):
         overwrite: discard earlier predictions in --out.
         max_errors: stop after this many failed answers in a row (0: never stop).
         spot_recipe: spotter settings for --task str|lvqa (the spot_recipe.yaml of `mevqa spot --tune`).
-        threads: torch CPU threads (default: torch's own, one per core); recorded in the run record.
         plots: confusion-matrix PNGs (coarse, fine) where the gold answers hold two classes or more.
     """
 
-    PACKED: ClassVar[dict[str, tuple[str, ...]]] = ANSWERING_PACKED
     task: Literal["vqa", "str", "lvqa"] = "vqa"
     out: str = setting("", required=True)
-    model: ModelSpec = setting(ModelSpec(), requires="model")
-    frames: FrameConfig = setting(FrameConfig())
-    gen: GenConfig = setting(GenConfig())
-    server: ServerSpec = setting(ServerSpec())
-    vllm: VLLMSpec = setting(VLLMSpec())
-    prompt: PromptStrategy = "plain"
     batch_size: int = setting(8, min=1)
     limit: int | None = setting(None, min=1)
     label_set: Literal["gt", "union"] = "gt"
-    seed: int = 0
     reuse: bool = True
     overwrite: bool = False
     max_errors: int = setting(20, min=0)
-    spot_recipe: str | None = None
-    threads: int | None = setting(None, min=1)
     plots: bool = True
 
 
