@@ -72,6 +72,27 @@ def test_a_corrupt_safetensors_header_is_one_error(tmp_path):
             safetensors_header(tmp_path / name)
 
 
+def _cut(src: Path, dst: Path, name: str) -> Path:
+    """A copy of the folder `src` whose `name` lost its second half (a killed copy or save)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints"))
+    data = (src / name).read_bytes()
+    (dst / name).write_bytes(data[: len(data) // 2])
+    return dst
+
+
+def test_weights_cut_short_are_one_error_everywhere(plain_adapter, tiny_qwen, clips, tmp_path):
+    """A model, adapter or checkpoint whose safetensors lost its tail: one line naming the file from ask,
+    eval's loader, serve and train --resume (the loaders' own SafetensorError was a traceback)."""
+    model = _cut(tiny_qwen, tmp_path / "model", "model.safetensors")
+    r = cli("ask", clips["mp4"], "What?", "--model", model)
+    assert_clean_error(r, "model.safetensors — incomplete")
+    adapter = _cut(plain_adapter / "trained", tmp_path / "adapter", "adapter_model.safetensors")
+    r = cli("ask", clips["mp4"], "What?", "--model", tiny_qwen, "--adapter", adapter)
+    assert_clean_error(r, "adapter_model.safetensors — incomplete")
+    r = cli("serve", "--model", tiny_qwen, "--adapter", f"a={adapter}", "--dry-run")
+    assert_clean_error(r, "adapter_model.safetensors — incomplete")
+
+
 # ---------------------------------------------------------------- vLLM's KV cache on CPU
 def _kv_per_token(model) -> int:
     """2 (keys, values) x layers x key/value heads x head size x 4 bytes (float32), from config.json."""

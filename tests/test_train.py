@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -229,6 +230,28 @@ def test_a_resumed_run_equals_an_uninterrupted_one(synthme, tiny_qwen, tmp_path,
     with caplog.at_level("WARNING", logger="mevqa.train.loop"):  # nothing to resume: said, not silent
         run(tmp_path / "fresh", resume=True)
     assert "holds no checkpoint to resume from: training from step 0" in caplog.text
+
+
+def test_resume_from_a_checkpoint_cut_short_is_one_error(synthme, tiny_qwen, tmp_path, monkeypatch):
+    """A checkpoint whose weights lost their tail (a full disk, a copy): one error naming it, which says
+    how to go on (the loader's SafetensorError was a traceback)."""
+    import mevqa.train.loop as loop
+
+    real_save = loop.save_checkpoint
+
+    def save_then_die(*args):
+        raise Killed(real_save(*args))
+
+    cfg = cfg_for(synthme, tiny_qwen, tmp_path / "run", max_steps=4, save_every=2)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed, match="step-2"):
+        train(cfg)
+    monkeypatch.undo()
+    (weights,) = (tmp_path / "run").rglob("trainable.safetensors")
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="trainable.safetensors — incomplete"):
+        train(dataclasses.replace(cfg, resume=True))
 
 
 def test_bad_recipe_and_existing_out(synthme, tiny_qwen, tmp_path):

@@ -20,6 +20,7 @@ from mevqa.config import ModelSpec, safe_yaml
 from mevqa.errors import InputError, ModelError
 from mevqa.io import atomic_dir
 from mevqa.models.loading import PICKLE_SUFFIXES, config_hash, hash_file, load_model, load_processor
+from mevqa.models.shapes import safetensors_header
 
 # The max_lora_rank values vLLM accepts (vllm/config/lora.py).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -205,6 +206,7 @@ def check_adapter(adapter: str | Path, model: str) -> dict:
                 else ""
             )
         )
+    safetensors_header(path / "adapter_model.safetensors")  # complete, not cut short
     check_base(path, model)
     return cfg
 

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from mevqa.config import ModelSpec
 from mevqa.errors import InputError, MissingDependency, ModelError
 from mevqa.models import families
+from mevqa.models.shapes import check_safetensors
 
 log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -63,8 +64,8 @@ def config_hash(model: str | Path, trust_remote_code: bool = False) -> str:
 
 def _safetensors_header(path: Path) -> bytes:
     with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return f.read(min(n, 100 << 20))
+        raw = f.read(8)
+        return f.read(min(struct.unpack("<Q", raw)[0], 100 << 20)) if len(raw) == 8 else raw
 
 
 def weights_fingerprint(folder: str | Path) -> str | None:
@@ -178,6 +179,8 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
     if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
         raise InputError(f"model.model {model} — no such directory (and not a Hub id of the form org/name)")
     refuse_pickle(Path(model), "model.model")
+    if Path(model).is_dir():
+        check_safetensors(model)
     device = pick_device(spec.device)
     quant = quantization(spec, device)
     try:

@@ -23,9 +23,8 @@ LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 VISION_RE = re.compile(r"(^|\.)(visual|vision_tower|vision_model|vision|merger|multi_modal_projector)\.")
 
 
-def safetensors_header(path: str | Path) -> dict[str, dict]:
-    """Tensor name -> {"dtype", "shape", "data_offsets"}, from the header alone; corrupt: one error."""
-    path = Path(path)
+def _header(path: Path) -> tuple[int, dict[str, dict]]:
+    """(header length, tensor name -> {"dtype", "shape", "data_offsets"}); corrupt: one error."""
     try:
         with path.open("rb") as f:
             raw = f.read(8)
@@ -37,7 +36,30 @@ def safetensors_header(path: str | Path) -> dict[str, dict]:
         raise InputError(f"{path} — not a readable safetensors file ({str(e)[:100]})") from None
     if not isinstance(header, dict):
         raise InputError(f"{path} — not a readable safetensors file (header is not a table)")
-    return {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    return n, {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
+def safetensors_header(path: str | Path) -> dict[str, dict]:
+    """Tensor name -> {"dtype", "shape", "data_offsets"}, from the header alone, of a complete file: one
+    cut short (a copy or a save that was killed) is one error here, not a traceback from the loader."""
+    path = Path(path)
+    n, header = _header(path)
+    try:
+        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise InputError(f"{path} — not a readable safetensors file (bad data_offsets)") from None
+    if (size := path.stat().st_size) < 8 + n + end:
+        raise InputError(
+            f"{path} — incomplete: {size} bytes of the {8 + n + end} its header describes (cut short by a "
+            "killed copy or save?)"
+        )
+    return header
+
+
+def check_safetensors(folder: str | Path) -> None:
+    """Every safetensors file in `folder` complete (see `safetensors_header`)."""
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        safetensors_header(f)
 
 
 def text_config(config: dict) -> dict:

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from mevqa.errors import InputError
 from mevqa.io import atomic_dir
+from mevqa.models.shapes import safetensors_header
 
 log = logging.getLogger(__name__)
 KEEP = 2  # checkpoints kept: the newest, and one before it in case the newest is from a bad step
@@ -65,15 +67,25 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict:
+    """Restore the weights, optimizer and schedule; a checkpoint cut short (a full disk, a copy) is one
+    error saying which, not a loader's traceback."""
+    safetensors_header(folder / "trainable.safetensors")
+    try:
+        opt = torch.load(folder / "optim.pt", weights_only=True)
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise InputError(
+            f"{folder} — unreadable checkpoint ({str(e).splitlines()[0][:100]}); remove it to resume from "
+            "the one before"
+        ) from None
     weights = load_file(str(folder / "trainable.safetensors"))
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-    opt = torch.load(folder / "optim.pt", weights_only=True)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
-    return json.loads((folder / "state.json").read_text())
+    return state
 
 
 def restore_rng(folder: Path, rank: int, processes: int) -> None:
