@@ -113,7 +113,7 @@ def _members(z: zipfile.ZipFile, name: str, limits: UploadLimits) -> list[zipfil
         raise InputError(f"{name} — {len(members)} frames; at most {limits.max_members} per clip")
     total = sum(i.file_size for i in members) / 2**20
     if total > limits.max_unpacked_mb:
-        raise InputError(f"{name} — unpacks to {total:.0f} MB; at most {limits.max_unpacked_mb:.0f} MB")
+        raise InputError(f"{name} — unpacks to {total:.0f} MB; at most {limits.max_unpacked_mb:g} MB")
     return members
 
 
@@ -152,9 +152,7 @@ def unpack_upload(path: str, work: Path, limits: UploadLimits | None = None) -> 
     p = Path(path)
     size_mb = p.stat().st_size / 2**20
     if size_mb > limits.max_upload_mb:
-        raise InputError(
-            f"{p.name} — {size_mb:.1f} MB is over the {limits.max_upload_mb:.0f} MB upload limit"
-        )
+        raise InputError(f"{p.name} — {size_mb:.1f} MB is over the {limits.max_upload_mb:g} MB upload limit")
     suffix = p.suffix.lower()
     if suffix in VIDEO_EXTS:
         _probe_video(p, limits)
@@ -496,7 +494,7 @@ def _clip_column(demo: Demo) -> dict[str, Any]:
 
     c: dict[str, Any] = {}
     c["upload"] = gr.File(
-        label=f"Clip: video or .zip of frames (≤ {demo.limits.max_upload_mb:.0f} MB)",
+        label=f"Clip: video or .zip of frames (≤ {demo.limits.max_upload_mb:g} MB)",
         file_types=[*sorted(VIDEO_EXTS), ".zip"],
         type="filepath",
     )
@@ -631,7 +629,8 @@ def launch(blocks: Any, host: str, port: int, auth: tuple[str, str] | None, limi
         server_name=host,
         server_port=port,
         auth=auth,
-        # in kB: "0.4" MB as "0mb" refused every upload
-        max_file_size=f"{max(1, int(limits.max_upload_mb * 1024))}kb",
+        # in bytes, mevqa's MB (2**20) exactly: "0.4" MB as "0mb" refused every upload, and as "409kb"
+        # Gradio's limit was not mevqa's
+        max_file_size=max(1, int(limits.max_upload_mb * 2**20)),
         show_error=True,
     )

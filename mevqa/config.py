@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import re
 import reprlib
@@ -45,13 +46,14 @@ FACE_MODES: tuple[str, ...] = get_args(FaceMode)
 # MEGC questions are under 200 characters; one of 256 KB held the app's model for minutes while every
 # other user waited
 MAX_QUESTION_CHARS = 2000
+MAX_FRAMES = 1024  # frames one clip gives the model (FrameConfig.frames and max_frames)
 
 
 def setting(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
-    """A field with validation rules: `min=N` (inclusive), `above=N` (exclusive), `required=True` (must be
-    non-empty), `requires="field"` (that field of this spec must be non-empty), `pattern=True` (a clip
-    pattern); `aliases=("--old-flag",)` for the CLI. Choices are `Literal` types. `Settings.__post_init__`
-    enforces the rules."""
+    """A field with validation rules: `min=N` and `max=N` (inclusive), `above=N` (exclusive),
+    `required=True` (must be non-empty), `requires="field"` (that field of this spec must be non-empty),
+    `pattern=True` (a clip pattern); `aliases=("--old-flag",)` for the CLI. Choices are `Literal` types.
+    `Settings.__post_init__` enforces the rules (and refuses nan and inf for every float)."""
     if isinstance(default, Settings):
         return field(default_factory=lambda: default, metadata=rules)
     return field(default=default, metadata=rules)
@@ -122,8 +124,12 @@ def _check(name: str, value: Any, t: Any, rules: typing.Mapping[str, Any]) -> No
     if not ok:
         want = "a list of strings" if origin is tuple else _type_name(base)
         raise InputError(f"{name} = {show(value)} — expected {want}")
+    if base is float and not math.isfinite(value):  # nan passes every comparison below
+        raise InputError(f"{name} = {show(value)} — must be a finite number")
     if "min" in rules and value < rules["min"]:
         raise InputError(f"{name} = {show(value)} — must be at least {rules['min']}")
+    if "max" in rules and value > rules["max"]:
+        raise InputError(f"{name} = {show(value)} — must be at most {rules['max']}")
     if "above" in rules and value <= rules["above"]:
         raise InputError(f"{name} = {show(value)} — must be above {rules['above']}")
     if rules.get("pattern") and value is not None:
@@ -327,10 +333,11 @@ class FrameConfig(Settings):
         face: the face stage (FaceConfig): --face crop aligns and crops the face before sampling.
     """
 
-    frames: int = setting(8, min=1)
+    # at most MAX_FRAMES a clip: a VLM takes tens, and --frames 100000000 spun on picking the indices
+    frames: int = setting(8, min=1, max=MAX_FRAMES)
     sampling: Sampling = "uniform"
     input: InputMode = "frames"
-    max_frames: int = setting(64, min=1)
+    max_frames: int = setting(64, min=1, max=MAX_FRAMES)
     folder_fps: float = setting(200.0, above=0, aliases=("--fps",))
     video_fps: float = setting(2.0, above=0)
     flow_with_oao: bool = False

@@ -282,6 +282,8 @@ def _read_image(path: Path) -> np.ndarray:
 
 @contextmanager
 def _open_image(path: Path) -> Iterator[Image.Image]:
+    if path.exists() and not path.is_file():  # a FIFO named img10.jpg held `ask` until it was killed
+        raise InputError(f"{path} — not a regular file (a pipe, a device or a folder named like a frame)")
     try:
         with Image.open(path) as im:  # reads the header only: the size is known before decoding
             _check_pixels(path, im.size)

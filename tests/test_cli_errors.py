@@ -94,6 +94,11 @@ def bad(tmp_path_factory, clips, tiny_qwen, tiny_idefics3, synthme):
     (d / "gold-empty.jsonl").write_text("".join(json.dumps(r) + "\n" for r in no_answers))
     dup = read_jsonl(synthme / "test.jsonl")
     (d / "dup.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dup + dup[:1]))
+    (d / "fifo-frames").mkdir()  # a pipe named like a frame held `ask` until it was killed
+    Image.new("RGB", (32, 32)).save(d / "fifo-frames" / "img1.png")
+    os.mkfifo(d / "fifo-frames" / "img2.png")
+    (d / "in-out").mkdir()  # --data inside --out: eval replaced the questions with its answers
+    shutil.copy(synthme / "test.jsonl", d / "in-out" / "predictions.jsonl")
     return d
 
 
@@ -187,6 +192,15 @@ def _cases(d, clips, tiny_qwen, synthme):
         # one 256 KB question held the model for minutes: refused before the model loads
         (["ask", str(clips["mp4"]), "why? " * 500, "--model", str(tiny_qwen)], "2500 characters; at most"),
         ([*ask, "--max-question-chars", "0"], "max_question_chars"),
+        (["ask", str(d / "fifo-frames"), Q, "--model", str(tiny_qwen)], "img2.png — not a regular file"),
+        ([*ev, "--frames", "100000000"], "must be at most 1024"),  # spun picking the indices
+        ([*ask, "--folder-fps", "nan"], "folder_fps (--folder-fps) = nan — must be a finite number"),
+        ([*ask, "--temperature", "nan"], "temperature"),  # was a warning line and an error line
+        (["app", "--model", str(tiny_qwen), "--max-upload-mb", "inf"], "max_upload_mb"),  # a traceback
+        (["app", "--model", str(tiny_qwen), "--max-upload-mb", "nan"], "max_upload_mb"),
+        ([*ev[:2], str(d / "in-out" / "predictions.jsonl"), *ev[3:-1], str(d / "in-out")], "lies in `out`"),
+        # a path with a newline and an escape sequence: still one line, nothing raw reaches the terminal
+        (["ask", str(d / "a\nb\x1b[31m.mp4"), Q, "--model", str(tiny_qwen)], "a\\nb\\x1b[31m.mp4"),
         # transformers serve checks no key: "serving with a key" would be open to anyone
         (
             ["serve", "--model", str(tiny_qwen), "--engine", "transformers", "--api-key", "k", "--dry-run"],

@@ -166,3 +166,21 @@ def test_the_agent_chain_asks_the_hierarchical_texts(qwen, synthme):
     coarse, fine, _ = (s["question"] for s in r["steps"])
     assert coarse == render_question(Q_COARSE, "hierarchical")
     assert fine == render_question(Q_FINE, "hierarchical", r["coarse"])
+
+
+def test_a_fractional_upload_limit_is_shown_and_kept(tiny_qwen, tmp_path, monkeypatch):
+    """`--max-upload-mb 0.4` read "≤ 0 MB" on the page (and Gradio enforced 409 KiB); it says 0.4 MB
+    and the app's own check takes 0.4 MiB."""
+    from mevqa.app import build_demo, unpack_upload
+    from mevqa.config import AskConfig, ModelSpec, UploadLimits
+    from mevqa.errors import InputError
+
+    limits = UploadLimits(max_upload_mb=0.4)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    page = build_demo(AskConfig(model=ModelSpec(str(tiny_qwen))), limits, tmp_path / "work")
+    labels = [getattr(b, "label", None) or "" for b in page.blocks.values()]
+    assert any("(≤ 0.4 MB)" in label for label in labels), labels
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * int(0.45 * 2**20))
+    with pytest.raises(InputError, match="over the 0.4 MB upload limit"):
+        unpack_upload(str(big), tmp_path / "w", limits)

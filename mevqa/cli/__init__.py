@@ -18,11 +18,17 @@ from mevqa.errors import MevqaError
 COMMANDS = (ask, data, eval, spot, train, cv, models, serve, bench, app)
 
 
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped: a path holding a newline or an escape sequence split the
+    error line in two or reached the terminal raw."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Parser(argparse.ArgumentParser):
     """A usage mistake is one line naming the command, like every other bad input."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +89,7 @@ def _run(args: argparse.Namespace, freeze: bool) -> int:
     try:
         return args.func(args)
     except MevqaError as e:
-        print(f"error: {with_flag(str(e), getattr(args, 'settings_class', None))}", file=sys.stderr)
+        print(f"error: {one_line(with_flag(str(e), getattr(args, 'settings_class', None)))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -27,7 +27,7 @@ from mevqa.data.longvideo import Interval, lvqa_answer, read_sheet, write_interv
 from mevqa.data.megc import read_jsonl, write_jsonl
 from mevqa.errors import InputError
 from mevqa.evaluation.parse import parse_aus, parse_label
-from mevqa.evaluation.runner import run_eval
+from mevqa.evaluation.runner import check_out, run_eval
 from mevqa.evaluation.spot_run import load_events, resolve_video, run_spot
 from mevqa.evaluation.spotting import format_report, lvqa_scores, strs_official, strs_strict, to_json
 from mevqa.facs import AU_NAMES
@@ -90,6 +90,7 @@ def event_questions(videos: dict[str, Path], events: dict[str, list[Event]], que
 def run_long(cfg: EvalConfig, backend: Any = None) -> dict[str, Any]:
     """Spot, ask, assemble, write, score; returns a summary for the CLI."""
     check_task(cfg)
+    check_out(cfg)
     task, out = cfg.task, Path(cfg.out)
     videos, gold, lvqa = _videos(cfg, task)
     job = SpotJob(

@@ -310,6 +310,20 @@ def prediction_files(out: Path) -> list[Path]:
     return [out / "predictions.jsonl", *sorted(out.glob("predictions.rank*.jsonl"))]
 
 
+def check_out(cfg: EvalConfig) -> None:
+    """`out` is a folder eval may write, and not where the questions are: eval writes its predictions,
+    metrics, report and submission files at the top of `out`, and `--data out/predictions.jsonl` was
+    silently replaced by the model's answers."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"`out` {out} — is a file, not a folder")
+    if Path(cfg.data).resolve().parent == out.resolve():
+        raise InputError(
+            f"`data` {cfg.data} — lies in `out` {out}, where eval writes its own files: keep the questions "
+            "elsewhere or choose another `out`"
+        )
+
+
 def check_questions(data: str, rows: list[dict]) -> None:
     """An empty file or two questions with one id are refused before any work: a repeated id would keep
     one answer for both and score the wrong one."""
@@ -333,9 +347,8 @@ def run_eval(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any] 
     rows = all_rows[: cfg.limit] if cfg.limit else all_rows
     if cfg.root and not Path(cfg.root).is_dir():
         raise InputError(f"`root` {cfg.root} — no such folder")
+    check_out(cfg)
     out, shard = Path(cfg.out), Shard.current(cfg.model.device)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"`out` {out} — is a file, not a folder")
     lock = FolderLock(out) if shard.main else None
     try:
         return _answer_and_write(cfg, backend, shard, all_rows, rows)
