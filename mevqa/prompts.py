@@ -304,7 +304,9 @@ def render_question(question: str, strategy: str, coarse: str | None = None) -> 
 
 
 def check_question(question: str, limit: int) -> str:
-    """`question`, refused when longer than `limit` characters (before anything reaches a model)."""
+    """`question`, refused when empty or longer than `limit` characters (before anything reaches a model)."""
+    if not question.strip():
+        raise InputError("question — empty: ask the model something")
     if len(question) > limit:
         raise InputError(
             f"question — {len(question)} characters; at most {limit} (`max_question_chars` to change it)"

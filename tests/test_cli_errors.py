@@ -192,6 +192,8 @@ def _cases(d, clips, tiny_qwen, synthme):
         # one 256 KB question held the model for minutes: refused before the model loads
         (["ask", str(clips["mp4"]), "why? " * 500, "--model", str(tiny_qwen)], "2500 characters; at most"),
         ([*ask, "--max-question-chars", "0"], "max_question_chars"),
+        (["ask", str(clips["mp4"]), "  ", "--model", str(tiny_qwen)], "question — empty"),
+        (["ask", str(clips["mp4"]), Q, "--model", "/no/such/model"], "no such directory"),  # not "repo id"
         (["ask", str(d / "fifo-frames"), Q, "--model", str(tiny_qwen)], "img2.png — not a regular file"),
         ([*ev, "--frames", "100000000"], "must be at most 1024"),  # spun picking the indices
         ([*ask, "--folder-fps", "nan"], "folder_fps (--folder-fps) = nan — must be a finite number"),

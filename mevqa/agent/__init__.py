@@ -324,12 +324,12 @@ class ChatSession:
         return json.dumps(hierarchical(self.backend, self.ctx, self.gen), indent=2)
 
     def _tools(self, question: str) -> str:
-        check_question(question, self.max_question_chars)
+        question = check_question(question or Q_COARSE, self.max_question_chars)
         if self.tool_llm is None:
             return "/tools needs a served model that calls tools (--backend openai, vLLM with tool calling)"
         from mevqa.agent.lc import tool_agent
 
-        result = tool_agent(self.tool_llm(), self.ctx, self.backend, self.gen, question or Q_COARSE)
+        result = tool_agent(self.tool_llm(), self.ctx, self.backend, self.gen, question)
         calls = "".join(f"\n  [{c['tool']}] {c['args']} -> {c['result'][:120]}" for c in result["calls"])
         return f"mevqa> {result['answer']}{calls}"
 

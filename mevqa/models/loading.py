@@ -128,7 +128,14 @@ def refuse_pickle(folder: Path, what: str) -> None:
         )
 
 
+def check_model_path(model: str) -> None:
+    """A local path that is not there is said so, before the Hub client calls it a malformed repo id."""
+    if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
+        raise InputError(f"model.model {model} — no such directory (and not a Hub id of the form org/name)")
+
+
 def load_processor(model: str, trust_remote_code: bool = False) -> ProcessorMixin:
+    check_model_path(model)
     try:
         proc = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -176,8 +183,7 @@ def model_type(spec: ModelSpec) -> str:
 def load_model(spec: ModelSpec) -> torch.nn.Module:
     """The model in eval mode on `spec.device`; a missing or unusable checkpoint is a `ModelError`."""
     model = spec.model
-    if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-        raise InputError(f"model.model {model} — no such directory (and not a Hub id of the form org/name)")
+    check_model_path(model)
     refuse_pickle(Path(model), "model.model")
     if Path(model).is_dir():
         check_safetensors(model)
