@@ -90,7 +90,7 @@ def test_tune_writes_a_recipe_that_config_takes(long_videos, tmp_path):
     )
     assert r.returncode == 0 and "best:" in r.stdout, r.stderr
     grid = json.loads((out / "tune.json").read_text())["grid"]
-    assert len(grid) == 3 * 8  # intervals x thresholds
+    assert len(grid) == 3 * 8 * 4  # intervals x thresholds x holds
     r = cli(
         "spot",
         "--config",
@@ -105,6 +105,7 @@ def test_tune_writes_a_recipe_that_config_takes(long_videos, tmp_path):
         json.loads((tmp_path / "o" / "spot.json").read_text())["settings"]["spot"]["threshold"]
         == best["threshold"]
     )
+    assert json.loads((tmp_path / "o" / "spot.json").read_text())["settings"]["spot"]["hold"] == best["hold"]
 
 
 def _write(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:

@@ -15,7 +15,10 @@ def cmd_spot(a: argparse.Namespace) -> int:
     if job.tune:
         r = tune(job, a.videos)
         b = r["best"]
-        print(f"best: interval {b['interval']} s, threshold {b['threshold']} -> spotting F1 {b['f1']}")
+        print(
+            f"best: interval {b['interval']} s, threshold {b['threshold']}, hold {b['hold']} s "
+            f"-> spotting F1 {b['f1']}"
+        )
         print(f"  wrote {r['recipe']} (use it: mevqa spot ... --config {r['recipe']})")
         return 0
     summary = run_spot(job, a.videos)
