@@ -103,6 +103,8 @@ def test_rerun_skips_and_settings_change_recomputes(synthme, tiny_qwen, tmp_path
     r = eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out, "--input", "oao")
     assert f"{n} answered this run" in r.stdout
     assert len(pred_ids(out)) == n  # compacted: one row per question, the current settings
+    kept = read_jsonl(out / "superseded.jsonl")  # ... and the answers of the first settings kept apart
+    assert len(kept) == n and {r["id"] for r in kept} == set(pred_ids(out))
     assert (
         f"{n} answered this run"
         in eval_cli(synthme / "test.jsonl", synthme, tiny_qwen, out, "--input", "oao", "--overwrite").stdout

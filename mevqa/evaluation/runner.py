@@ -393,14 +393,26 @@ def _answer_and_write(
     return write_run_outputs(cfg, rows, out / "predictions.jsonl", fp, sett, timing, all_rows)
 
 
+SUPERSEDED = "superseded.jsonl"  # answers made with other settings, replaced by a run with new ones
+
+
 def compact(out: Path, all_rows: list[dict]) -> list[dict]:
     """Merge the part files into predictions.jsonl: one row per question (the latest), in the data file's
-    order; rows of other ids are kept after. Questions this run did not ask (a `--limit`) keep theirs."""
+    order; rows of other ids are kept after. Questions this run did not ask (a `--limit`) keep theirs.
+    An answer the latest replaces that was made with other settings (a run with another prompt, model or
+    frames on the same `out`) is appended to superseded.jsonl, not lost."""
     latest: dict[str, dict] = {}
+    superseded = []
     files = prediction_files(out)
     for f in files:
         for r in read_predictions(f):
+            old = latest.get(row_id(r))
+            if old and not old.get("error") and old.get("fingerprint") != r.get("fingerprint"):
+                superseded.append(old)
             latest[row_id(r)] = r
+    if superseded:
+        with disk_errors(out), (out / SUPERSEDED).open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in superseded)
     order = [row_id(r) for r in all_rows]
     known = set(order)
     preds = [latest[i] for i in dict.fromkeys(order) if i in latest]
