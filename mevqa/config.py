@@ -364,11 +364,11 @@ class GenConfig(Settings):
         samples: answers drawn per question; above 1 the answer is the majority label (self-consistency).
     """
 
-    max_new_tokens: int = setting(48, min=1)
+    max_new_tokens: int = setting(48, min=1, max=32768)  # a ceiling: 999999999999 generated until killed
     do_sample: bool = False
     temperature: float = setting(1.0, above=0)
     top_p: float = setting(1.0, above=0)
-    samples: int = setting(1, min=1)
+    samples: int = setting(1, min=1, max=64)  # 100000000 samples ran out of memory planning them
 
     @property
     def sampling(self) -> bool:

@@ -196,6 +196,8 @@ def _cases(d, clips, tiny_qwen, synthme):
         (["ask", str(clips["mp4"]), Q, "--model", "/no/such/model"], "no such directory"),  # not "repo id"
         (["ask", str(d / "fifo-frames"), Q, "--model", str(tiny_qwen)], "img2.png — not a regular file"),
         ([*ev, "--frames", "100000000"], "must be at most 1024"),  # spun picking the indices
+        ([*ask, "--samples", "100000000"], "must be at most 64"),  # a MemoryError planning them
+        ([*ask, "--max-new-tokens", "999999999999"], "must be at most 32768"),  # generated until killed
         ([*ask, "--folder-fps", "nan"], "folder_fps (--folder-fps) = nan — must be a finite number"),
         ([*ask, "--temperature", "nan"], "temperature"),  # was a warning line and an error line
         (["app", "--model", str(tiny_qwen), "--max-upload-mb", "inf"], "max_upload_mb"),  # a traceback
