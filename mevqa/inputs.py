@@ -45,9 +45,13 @@ def flow_field(onset: np.ndarray, apex: np.ndarray, method: str = "farneback") -
     return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
 
-def flow_frames(*frames: np.ndarray) -> list[np.ndarray]:
-    """The frames flow is computed and drawn on: at most `video.ANALYSIS_MAX_SIDE` a side."""
-    return [shrink(f) for f in frames]
+def onset_flow(
+    onset: np.ndarray, apex: np.ndarray, method: str = "farneback"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the onset frame flow is drawn on, the flow onset -> apex), both at most `video.ANALYSIS_MAX_SIDE` a
+    side: larger frames are shrunk first."""
+    small_onset = shrink(onset)
+    return small_onset, flow_field(small_onset, shrink(apex), method)
 
 
 def flow_image(onset: np.ndarray, flow: np.ndarray, max_mag: float | None = None) -> np.ndarray:
@@ -77,8 +81,7 @@ def keyframe_images(clip: ClipFrames, cfg: FrameConfig) -> list[np.ndarray]:
         return [onset, apex, offset]
     if cfg.input == "diff":
         return [diff_image(onset, apex)]
-    small_onset, small_apex = flow_frames(onset, apex)
-    flow = flow_image(small_onset, flow_field(small_onset, small_apex, cfg.flow_method))
+    flow = flow_image(*onset_flow(onset, apex, cfg.flow_method))
     return [onset, apex, offset, flow] if cfg.flow_with_oao else [flow]
 
 

@@ -22,7 +22,7 @@ from mevqa.config import MAX_QUESTION_CHARS, AskConfig, FrameConfig, GenConfig
 from mevqa.errors import MevqaError
 from mevqa.evaluation.parse import parse_aus, parse_label, prompted
 from mevqa.facs import AU_LOOKS, AU_NAMES, COARSE_LABELS, EMOTION_AUS, FINE_TO_COARSE
-from mevqa.inputs import flow_field, flow_frames, flow_image, load_clip, region_motion, visual_parts
+from mevqa.inputs import flow_image, load_clip, onset_flow, region_motion, visual_parts
 from mevqa.prompts import (
     Q_AU_MANY,
     Q_COARSE,
@@ -120,9 +120,8 @@ class ClipContext:
         """The onset -> apex flow image and per-region motion (pixels, 99th percentile)."""
         if "flow" not in self._cache:
             cfg = dataclasses.replace(self.frames, input="flow", flow_with_oao=False)
-            frames = load_clip(self.path, cfg, self.onset, self.apex, self.offset).frames
-            onset, apex = flow_frames(*frames[:2])
-            f = flow_field(onset, apex, cfg.flow_method)
+            onset, apex, _ = load_clip(self.path, cfg, self.onset, self.apex, self.offset).frames
+            onset, f = onset_flow(onset, apex, cfg.flow_method)
             motion = {k: round(v, 3) for k, v in region_motion(f).items()}
             self._cache["flow"] = (Image.fromarray(flow_image(onset, f)), motion)
         return self._cache["flow"]

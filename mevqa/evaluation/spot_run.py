@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -283,7 +284,7 @@ def tune(
             n: motion_signal(open_clip(p, job.folder_fps), cfg, video_fps(job, p), progress=True)
             for n, p in videos.items()
         }
-        for t, h in ((t, h) for t in thresholds for h in holds):
+        for t, h in itertools.product(thresholds, holds):
             c = replace(cfg, threshold=t, hold=h)
             preds = [
                 Interval(n, e.onset, e.offset, e.apex, e.type)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from mevqa.config import ModelSpec
 from mevqa.errors import InputError, MissingDependency, ModelError
 from mevqa.models import families
-from mevqa.models.shapes import check_safetensors
+from mevqa.models.shapes import check_safetensors, header_bytes
 
 log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -62,12 +61,6 @@ def config_hash(model: str | Path, trust_remote_code: bool = False) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _safetensors_header(path: Path) -> bytes:
-    with path.open("rb") as f:
-        raw = f.read(8)
-        return f.read(min(struct.unpack("<Q", raw)[0], 100 << 20)) if len(raw) == 8 else raw
-
-
 def weights_fingerprint(folder: str | Path) -> str | None:
     """What changes when the weights change, read without hashing gigabytes: every weights file's
     name, size, modification time (ns) and safetensors header (tensor names, shapes, offsets).
@@ -83,7 +76,7 @@ def weights_fingerprint(folder: str | Path) -> str | None:
         st = f.stat()
         h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
         if f.suffix == ".safetensors":
-            h.update(_safetensors_header(f))
+            h.update(header_bytes(f))
     return h.hexdigest()[:16]
 
 

@@ -23,20 +23,35 @@ LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 VISION_RE = re.compile(r"(^|\.)(visual|vision_tower|vision_model|vision|merger|multi_modal_projector)\.")
 
 
-def _header(path: Path) -> tuple[int, dict[str, dict]]:
-    """(header length, tensor name -> {"dtype", "shape", "data_offsets"}); corrupt: one error."""
+def _unreadable(path: Path, why: str) -> InputError:
+    return InputError(f"{path} — not a readable safetensors file ({why[:100]})")
+
+
+def header_bytes(path: str | Path) -> bytes:
+    """The JSON header of a safetensors file as stored (what a weights fingerprint hashes); a length that
+    no header has (a corrupt or hostile file) is one error."""
+    path = Path(path)
     try:
         with path.open("rb") as f:
             raw = f.read(8)
             (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (-1,)
             if not 0 < n <= MAX_HEADER_BYTES:
                 raise ValueError(f"header length {n}")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise InputError(f"{path} — not a readable safetensors file ({str(e)[:100]})") from None
+            return f.read(n)
+    except (OSError, ValueError) as e:
+        raise _unreadable(path, str(e)) from None
+
+
+def _header(path: Path) -> tuple[int, dict[str, dict]]:
+    """(header length, tensor name -> {"dtype", "shape", "data_offsets"}); corrupt: one error."""
+    raw = header_bytes(path)
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise _unreadable(path, str(e)) from None
     if not isinstance(header, dict):
-        raise InputError(f"{path} — not a readable safetensors file (header is not a table)")
-    return n, {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+        raise _unreadable(path, "header is not a table")
+    return len(raw), {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
 
 
 def safetensors_header(path: str | Path) -> dict[str, dict]:
@@ -47,7 +62,7 @@ def safetensors_header(path: str | Path) -> dict[str, dict]:
     try:
         end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
     except (KeyError, IndexError, TypeError, ValueError):
-        raise InputError(f"{path} — not a readable safetensors file (bad data_offsets)") from None
+        raise _unreadable(path, "bad data_offsets") from None
     if (size := path.stat().st_size) < 8 + n + end:
         raise InputError(
             f"{path} — incomplete: {size} bytes of the {8 + n + end} its header describes (cut short by a "
