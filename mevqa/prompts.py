@@ -303,9 +303,17 @@ def render_question(question: str, strategy: str, coarse: str | None = None) -> 
     return f"{question} {label_hint(qtype)}".strip()
 
 
+def visible(text: str) -> str:
+    """`text` without whitespace and invisible format characters (a zero-width space, a BOM): what a
+    reader would see of it."""
+    import unicodedata
+
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c) != "Cf")
+
+
 def check_question(question: str, limit: int) -> str:
     """`question`, refused when empty or longer than `limit` characters (before anything reaches a model)."""
-    if not question.strip():
+    if not visible(question):
         raise InputError("question — empty: ask the model something")
     if len(question) > limit:
         raise InputError(

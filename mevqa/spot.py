@@ -455,14 +455,19 @@ def direction(sig: Signal, lo: int, hi: int) -> np.ndarray:
 
 
 def opposed(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine of two spans' movements in the region that moved most in them (its brows go up, then down)."""
-    j = int(np.argmax(np.linalg.norm(a, axis=1) + np.linalg.norm(b, axis=1)))
-    return float(a[j] @ b[j] / (np.linalg.norm(a[j]) * np.linalg.norm(b[j]) + 1e-9))
+    """How far two spans' movements oppose: the per-region cosines, weighted by the regions' movement in
+    both spans (brows up then down, -1). All regions vote: an open-mouth macro's mouth box nets out to a
+    weak direction while its brows reverse cleanly, and picking the single region that moved most took the
+    mouth by a hair (cosine -0.41) and split the event in two."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    w = na * nb
+    cos = (a * b).sum(axis=1) / (w + 1e-9)
+    return float((cos * w).sum() / (w.sum() + 1e-9))
 
 
 def pair(spans: list[list], sig: Signal, x: np.ndarray, longest: int, hold: int) -> list[list]:
     """A movement out of neutral and its return are two bumps of the i-k -> i flow, in opposite directions:
-    join consecutive spans whose directions oppose (cosine < -0.5 in the region that moved most) and
+    join consecutive spans whose directions oppose (weighted cosine < -0.5, `opposed`) and
     that are at most `hold` frames apart into one event, apex at the pause between them, when the whole
     fits in `longest` frames. (MDMD uses the flow's main direction the same way.)"""
     out: list[list] = []

@@ -3,7 +3,8 @@
 # subjects the demo scores are never read): 3 folds of 3 subjects, train on 6 with
 # adapters/recipes/tiny_synthme.yaml (seed 0, the demo's stage-1 base), score the other 3 at steps
 # 1000 / 2000 / 3000 (the recipe's eval_every). Run after `make demo`; ~12 min on 2 cores.
-# Usage: scripts/demo-steps-cv.sh [DEMO_DIR] [OUT]     (defaults .cache/demo, .cache/demo-steps-cv)
+# Usage: scripts/demo-steps-cv.sh [DEMO_DIR] [OUT] [TRAIN FLAGS...]  (defaults .cache/demo, .cache/demo-steps-cv;
+# flags such as --lora.dropout 0 are passed to every fold's `mevqa train`, to compare a recipe change)
 set -euo pipefail
 DEMO=${1:-.cache/demo}
 OUT=${2:-.cache/demo-steps-cv}
@@ -21,7 +22,7 @@ open(f"{out}/val{f}.jsonl", "w").writelines(json.dumps(r) + "\n" for r in rows i
 PY
   "$PY" -m mevqa train --config adapters/recipes/tiny_synthme.yaml --data "$OUT/train$f.jsonl" \
     --eval-data "$OUT/val$f.jsonl" --root "$DEMO/synthme" --model "$DEMO/tiny-base" \
-    --out "$OUT/fold$f" --overwrite --save-every 0 > "$OUT/fold$f.log" 2>&1
+    --out "$OUT/fold$f" --overwrite --save-every 0 "${@:3}" > "$OUT/fold$f.log" 2>&1
 done
 "$PY" - "$OUT" <<'PY'
 import json, sys

@@ -193,6 +193,8 @@ def _cases(d, clips, tiny_qwen, synthme):
         (["ask", str(clips["mp4"]), "why? " * 500, "--model", str(tiny_qwen)], "2500 characters; at most"),
         ([*ask, "--max-question-chars", "0"], "max_question_chars"),
         (["ask", str(clips["mp4"]), "  ", "--model", str(tiny_qwen)], "question — empty"),
+        (["ask", str(clips["mp4"]), "\u200b\ufeff", "--model", str(tiny_qwen)], "question — empty"),
+        ([*ev[:4], test, *ev[5:]], "is a file, not a folder"),  # --root given a file: not "no such folder"
         (["ask", str(clips["mp4"]), Q, "--model", "/no/such/model"], "no such directory"),  # not "repo id"
         (["ask", str(d / "fifo-frames"), Q, "--model", str(tiny_qwen)], "img2.png — not a regular file"),
         ([*ev, "--frames", "100000000"], "must be at most 1024"),  # spun picking the indices
@@ -348,3 +350,13 @@ def test_output_into_a_closed_pipe_is_no_traceback(megc_dir):
     os.close(w_fd)
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr[-2000:]
     assert p.returncode == 141
+
+
+def test_a_models_text_reaches_the_terminal_with_its_control_characters_escaped():
+    """ask and chat print the model's text: its lines stay lines, an escape sequence (from a model or a
+    served endpoint) is shown, not obeyed by the terminal."""
+    from mevqa.cli import for_terminal, one_line
+
+    text = "happy\n\tAU12\x1b[2J\x07"
+    assert for_terminal(text) == "happy\n\tAU12\\x1b[2J\\x07"
+    assert one_line(text) == "happy\\n\\tAU12\\x1b[2J\\x07"

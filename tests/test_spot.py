@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mevqa.config import SpotConfig
-from mevqa.spot import Signal, analysis_step, intervals, nth_event, peaks, smooth, threshold
+from mevqa.spot import Signal, analysis_step, intervals, nth_event, opposed, peaks, smooth, threshold
 
 
 def signal(x: np.ndarray, fps: float = 30.0, k: int = 6, step: int = 1, first: int = 0) -> Signal:
@@ -64,6 +64,22 @@ def test_intervals_are_in_the_videos_own_frame_numbers():
     sig = signal(x, fps=50, k=10, step=4, first=1)
     (e,) = intervals(sig, SpotConfig(threshold=5, smooth=0.0))
     assert e.apex == 1 + 250 * 4 and e.onset % 4 == 1 and e.type == "micro"
+
+
+def test_a_movement_and_its_return_oppose_when_every_region_votes():
+    """Measured on a SynthME open-mouth macro (AU 1+2+26+25): both brows reverse cleanly (-1), the mouth
+    boxes net out to weak directions (-0.4, -0.7) with as much movement. The single region that moved most
+    (one mouth box, by a hair) said -0.41 and split the event in two; the weighted vote says -0.8."""
+    up, down = np.array([0.0, -1.0]), np.array([0.0, 1.0])
+
+    def rot(v, c):  # v turned to cosine c
+        return np.array([c * v[0] - np.sqrt(1 - c * c) * v[1], np.sqrt(1 - c * c) * v[0] + c * v[1]])
+
+    onset = np.array([20 * up, 20 * up, 0.1 * up, 20 * up, 24 * up])  # brows l/r, nose, mouth l/r
+    back = np.array([20 * down, 20 * down, 0.1 * up, 20 * rot(up, -0.7), 24 * rot(up, -0.41)])
+    assert opposed(onset, back) < -0.5
+    assert opposed(onset, onset) > 0.99  # two movements the same way are two events
+    assert opposed(onset, np.zeros_like(onset)) == 0.0  # a span with no direction pairs with nothing
 
 
 def test_a_flat_or_faceless_signal_spots_nothing_and_nth_event_says_how_many():

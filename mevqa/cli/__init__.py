@@ -18,10 +18,16 @@ from mevqa.errors import MevqaError
 COMMANDS = (ask, data, eval, spot, train, cv, models, serve, bench, app)
 
 
-def one_line(text: str) -> str:
+def one_line(text: str, keep: str = "") -> str:
     """`text` with its control characters escaped: a path holding a newline or an escape sequence split the
-    error line in two or reached the terminal raw."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    error line in two or reached the terminal raw. `keep`: the ones left as they are."""
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
+def for_terminal(text: str) -> str:
+    """A model's text as printed by ask and chat: its lines and tabs kept, any other control character
+    (an escape sequence a model or a served endpoint produced) escaped."""
+    return one_line(text, keep="\n\t")
 
 
 class Parser(argparse.ArgumentParser):

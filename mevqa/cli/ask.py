@@ -57,7 +57,9 @@ def cmd_ask(a: argparse.Namespace) -> int:
             out["samples"] = list(ans.samples)
         print(json.dumps(out))
     else:
-        print(ans.text)
+        from mevqa.cli import for_terminal  # here: mevqa.cli imports this module
+
+        print(for_terminal(ans.text))
     return 0
 
 
@@ -97,7 +99,9 @@ def cmd_chat(a: argparse.Namespace) -> int:
     )
     who = cfg.model.model + (f" + {cfg.model.adapter}" if cfg.model.adapter else "")
     print(f"chatting about {a.clip} with {who}. {chat_help()}")
-    session.repl(input, print)
+    from mevqa.cli import for_terminal  # here: mevqa.cli imports this module
+
+    session.repl(input, lambda text: print(for_terminal(text)))
     return 0
 
 

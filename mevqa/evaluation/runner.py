@@ -346,7 +346,8 @@ def run_eval(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any] 
     check_questions(cfg.data, all_rows)
     rows = all_rows[: cfg.limit] if cfg.limit else all_rows
     if cfg.root and not Path(cfg.root).is_dir():
-        raise InputError(f"`root` {cfg.root} — no such folder")
+        why = "is a file, not a folder" if Path(cfg.root).exists() else "no such folder"
+        raise InputError(f"`root` {cfg.root} — {why}")
     check_out(cfg)
     out, shard = Path(cfg.out), Shard.current(cfg.model.device)
     lock = FolderLock(out) if shard.main else None
