@@ -294,7 +294,7 @@ class SpotConfig(Settings):
         max_duration: longest interval kept, in seconds (longer motion is not an expression: talking, a turn).
         micro_max: intervals up to this many seconds are micro-expressions, longer ones macro.
         blink: an event whose eye regions moved this many times more than brows, nose and mouth is a blink
-            and is dropped (the datasets do not annotate blinks).
+            and is dropped (the datasets do not annotate blinks); `--tune` picks it per face.
         hold: longest pause, in seconds, between a movement and its return (opposite flow) that still
             makes them one event.
         flow_size: side of the aligned face the flow is computed on, in pixels (smaller is faster).

@@ -439,8 +439,9 @@ def intervals(sig: Signal, cfg: SpotConfig) -> list[Event]:
 
 def is_blink(sig: Signal, lo: int, hi: int, ratio: float) -> bool:
     """The eyes moved `ratio` times more than brows, nose and mouth: a blink (the datasets do not annotate
-    blinks; an eyelid AU moves the brows or cheeks too). On SynthME long, blinks reach 1.46-1.7x, expressions
-    at most 0.86x."""
+    blinks; an eyelid AU moves the brows or cheeks too). On SynthME long's painted face blinks reach
+    1.46-1.7x and expressions at most 1.18x; on the photographed one the skin above the lid drags the brow
+    boxes along (blinks 1.00-1.31x, expressions at most 1.01x): `spot --tune` picks the ratio."""
     r = sig.regions[lo : hi + 1]
     n = len(SIGNAL_REGIONS)
     if not len(r) or np.isnan(r).all():

@@ -90,7 +90,7 @@ def test_tune_writes_a_recipe_that_config_takes(long_videos, tmp_path):
     )
     assert r.returncode == 0 and "best:" in r.stdout, r.stderr
     grid = json.loads((out / "tune.json").read_text())["grid"]
-    assert len(grid) == 3 * 8 * 4  # intervals x thresholds x holds
+    assert len(grid) == 3 * 8 * 4 * 4  # intervals x thresholds x holds x blink ratios
     r = cli(
         "spot",
         "--config",
@@ -105,7 +105,8 @@ def test_tune_writes_a_recipe_that_config_takes(long_videos, tmp_path):
         json.loads((tmp_path / "o" / "spot.json").read_text())["settings"]["spot"]["threshold"]
         == best["threshold"]
     )
-    assert json.loads((tmp_path / "o" / "spot.json").read_text())["settings"]["spot"]["hold"] == best["hold"]
+    used = json.loads((tmp_path / "o" / "spot.json").read_text())["settings"]["spot"]
+    assert (used["hold"], used["blink"]) == (best["hold"], best["blink"])
 
 
 def _write(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:

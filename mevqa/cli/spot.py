@@ -16,7 +16,8 @@ def cmd_spot(a: argparse.Namespace) -> int:
         r = tune(job, a.videos)
         b = r["best"]
         print(
-            f"best: interval {b['interval']} s, threshold {b['threshold']}, hold {b['hold']} s "
+            f"best: interval {b['interval']} s, threshold {b['threshold']}, hold {b['hold']} s, "
+            f"blink {b['blink']} "
             f"-> spotting F1 {b['f1']}"
         )
         print(f"  wrote {r['recipe']} (use it: mevqa spot ... --config {r['recipe']})")
