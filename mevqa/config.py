@@ -508,7 +508,7 @@ class SpotJob(Settings):
         root: folder holding the videos of --data (VIDEO.mp4, VIDEO/ frame folders, or SUBJECT/VIDEO...).
         fps: the videos' frame rate (default: a video file's own; a frame folder's is --folder-fps).
         folder_fps: frame rate of a frame folder (SAMM long videos: 200).
-        tune: choose the threshold and interval that maximise spotting F1 on --data; writes
+        tune: choose the interval, threshold, hold and blink ratio that maximise spotting F1 on --data; writes
             OUT/spot_recipe.yaml, which --config takes.
         overwrite: discard earlier results in --out.
     """

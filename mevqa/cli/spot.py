@@ -54,7 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "jsonl and .csv (frame numbers are a video's indices, a folder's file numbers), and per video its "
         "signal.csv and timeline.png. Resumable: a rerun skips the videos already spotted with the same "
         "settings. With --data SHEET it also scores against the sheet (IoU >= 0.5); with --tune it picks "
-        "the threshold and interval on those videos and writes a recipe for --config.",
+        "the interval, threshold, hold and blink ratio on those videos and writes a recipe for --config.",
     )
     p.add_argument("videos", nargs="*", metavar="VIDEO|FRAME_FOLDER", help="long videos to spot")
     p.add_argument("--config", help="YAML settings, e.g. the spot_recipe.yaml that --tune writes")
