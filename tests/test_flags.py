@@ -262,3 +262,15 @@ def test_the_cli_spells_the_flag_of_every_setting_a_library_error_names():
     packed = with_flag("x — set `server.retries`", AskConfig)
     assert packed.endswith("`server.retries` (--server-args retries=...)")
     assert with_flag("d — no such file", EvalConfig) == "d — no such file"  # no setting named: unchanged
+
+
+def test_help_shows_the_default_of_the_section_that_holds_a_setting(monkeypatch):
+    """spot crops the face by default (SpotConfig holds FaceConfig(mode="crop")) where ask does not:
+    spot's help said `(default: none)` from FaceConfig's own default."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def face_line(command: str) -> str:  # the flag's line and its help below it, up to the next flag
+        text = cli(command, "--help").stdout
+        return re.search(r"--face-mode.*?(?=\n  -)", text, re.S).group(0)
+
+    assert "(default: crop)" in face_line("spot") and "(default: none)" in face_line("ask")

@@ -30,8 +30,17 @@ def _base(t: Any) -> Any:
     return args[0] if type(None) in typing.get_args(t) and len(args) == 1 else t
 
 
-def _default_text(f: dataclasses.Field) -> str:
-    default = f.default if f.default is not dataclasses.MISSING else None
+def _field_default(f: dataclasses.Field, holder: Any = None) -> Any:
+    """`f`'s default: its value in `holder` (the default instance of the section that holds it: spot's
+    face section crops by default where FaceConfig's own default is none), else its own."""
+    if holder is not None:
+        return getattr(holder, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _default_text(f: dataclasses.Field, default: Any) -> str:
     if default in (None, "", (), False) or f.metadata.get("required"):
         return ""
     return f" (default: {default})" if not isinstance(default, bool) else ""
@@ -41,13 +50,15 @@ def flag_name(cls: type, name: str) -> str:
     return "--" + (getattr(cls, "FLAG_PREFIX", "") + name).replace("_", "-")
 
 
-def _flag(parser: argparse._ActionsContainer, cls: type, f: dataclasses.Field, path: str) -> None:
+def _flag(
+    parser: argparse._ActionsContainer, cls: type, f: dataclasses.Field, path: str, default: Any
+) -> None:
     t = _base(hints(cls)[f.name])
     name = flag_name(cls, f.name)
     kw: dict[str, Any] = {"dest": DEST + path, "default": argparse.SUPPRESS}
-    kw["help"] = attribute_docs(cls).get(f.name, "") + _default_text(f)
+    kw["help"] = attribute_docs(cls).get(f.name, "") + _default_text(f, default)
     if t is bool:
-        if f.default is True:
+        if f.default is True:  # the flag's shape is the class's, whichever section holds it
             kw["help"] = "turn off: " + kw["help"]
             parser.add_argument("--no-" + name[2:], action="store_false", **kw)
         else:
@@ -68,9 +79,11 @@ def add_settings(
     skip: tuple[str, ...] = (),
     section: str = "",
     packed: dict[str, tuple[str, ...]] | None = None,
+    holder: Any = None,
 ) -> None:
     """Flags for every field of `cls` and of the specs it holds, except the dotted paths in `skip`; the
-    sections in `packed` (default: `cls.PACKED`) as described in the module docstring."""
+    sections in `packed` (default: `cls.PACKED`) as described in the module docstring. `holder`: the
+    section's default instance, whose values the help shows as defaults."""
     packed = getattr(cls, "PACKED", {}) if packed is None else packed
     if not section:
         parser.set_defaults(settings_class=cls)  # main() names flags in this command's errors
@@ -82,11 +95,11 @@ def add_settings(
         path = section + f.name
         if path in skip or (keep is not None and f.name not in keep):
             continue
-        t = hints(cls)[f.name]
+        t, default = hints(cls)[f.name], _field_default(f, holder)
         if dataclasses.is_dataclass(t):
-            add_settings(parser, t, skip, path + ".", packed)
+            add_settings(parser, t, skip, path + ".", packed, default)
         else:
-            _flag(group, cls, f, path)
+            _flag(group, cls, f, path, default)
 
 
 def _pairs_flag(group: argparse._ActionsContainer, cls: type, path: str, keep: tuple[str, ...]) -> None:
