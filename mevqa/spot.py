@@ -460,10 +460,9 @@ def opposed(a: np.ndarray, b: np.ndarray) -> float:
     both spans (brows up then down, -1). All regions vote: an open-mouth macro's mouth box nets out to a
     weak direction while its brows reverse cleanly, and picking the single region that moved most took the
     mouth by a hair (cosine -0.41) and split the event in two."""
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    w = na * nb
-    cos = (a * b).sum(axis=1) / (w + 1e-9)
-    return float((cos * w).sum() / (w.sum() + 1e-9))
+    # sum_j w_j cos_j / sum_j w_j with w_j = |a_j| |b_j| is sum_j a_j . b_j / sum_j |a_j| |b_j|
+    w = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float((a * b).sum() / (w.sum() + 1e-9))
 
 
 def pair(spans: list[list], sig: Signal, x: np.ndarray, longest: int, hold: int) -> list[list]:

@@ -4,7 +4,7 @@
 # adapters/recipes/tiny_synthme.yaml (seed 0, the demo's stage-1 base), score the other 3 at steps
 # 1000 / 2000 / 3000 (the recipe's eval_every). Run after `make demo`; ~12 min on 2 cores.
 # Usage: scripts/demo-steps-cv.sh [DEMO_DIR] [OUT] [TRAIN FLAGS...]  (defaults .cache/demo, .cache/demo-steps-cv;
-# flags such as --lora.dropout 0 are passed to every fold's `mevqa train`, to compare a recipe change)
+# flags such as --lora-dropout 0 are passed to every fold's `mevqa train`, to compare a recipe change)
 set -euo pipefail
 DEMO=${1:-.cache/demo}
 OUT=${2:-.cache/demo-steps-cv}
