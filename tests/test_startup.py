@@ -192,3 +192,48 @@ def test_bench_startup_runs(tiny_qwen, tmp_path):
     assert set(res["seconds"]) == set(res["own_report_seconds"]) and len(res["seconds"]) == 2
     (ratio,) = res["ratios"].values()
     assert ratio > 0 and "mevqa ask / (imports + load)" in r.stdout
+
+
+def test_collection_waits_out_start_up_until_a_backend_is_loaded(tiny_qwen):
+    import gc
+
+    from mevqa import process
+    from mevqa.backends.base import load_backend
+    from mevqa.config import ModelSpec
+
+    usual = gc.get_threshold()
+    process.started()  # not deferred: nothing changes, nothing is frozen
+    assert gc.get_threshold() == usual and gc.get_freeze_count() == 0
+    try:
+        process.defer_collection()
+        assert gc.get_threshold() == process.STARTUP_THRESHOLDS
+        load_backend(ModelSpec(str(tiny_qwen), device="cpu"))
+        assert gc.get_threshold() == usual and gc.get_freeze_count() > 0  # answering collects as usual
+    finally:
+        gc.set_threshold(*usual)
+        gc.unfreeze()
+
+
+EXIT = """
+import atexit, subprocess, sys, threading, time
+from mevqa import process
+atexit.register(lambda: open(sys.argv[1], "w").write("handler ran"))
+if sys.argv[2] == "child":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+elif sys.argv[2] == "thread":
+    threading.Thread(target=time.sleep, args=(0.5,)).start()
+print("printed, not flushed", end="")
+print("returned", process.exit_now(3), file=sys.stderr)
+"""
+
+
+@pytest.mark.slow  # fresh processes
+@pytest.mark.parametrize("case", ["alone", "child", "thread"])
+def test_exit_now_skips_the_teardown_only_when_nothing_needs_it(tmp_path, case):
+    flag = tmp_path / "flag"
+    r = subprocess.run([sys.executable, "-c", EXIT, flag, case], capture_output=True, text=True, timeout=60)
+    assert r.stdout == "printed, not flushed" and flag.read_text() == "handler ran"
+    if case == "alone":  # exited inside exit_now, with its code, after the atexit handlers and a flush
+        assert r.returncode == 3 and "returned" not in r.stderr, r.stderr
+    else:  # a child process or a thread of its own: exit_now hands the code back to the usual exit
+        assert r.returncode == 0 and "returned 3" in r.stderr, r.stderr

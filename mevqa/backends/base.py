@@ -16,6 +16,7 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
+from mevqa import process
 from mevqa.config import GenConfig, ModelSpec, ServerSpec, VLLMSpec
 from mevqa.errors import InputError, MissingDependency, ModelError
 from mevqa.models import families
@@ -191,7 +192,9 @@ def load_backend(
         raise MissingDependency(
             f"model.backend {model.backend} — needs {e.name}: pip install 'mevqa[{model.backend}]'"
         ) from None
-    return getattr(mod, cls).from_config(model, server, engine)
+    backend = getattr(mod, cls).from_config(model, server, engine)
+    process.started()
+    return backend
 
 
 def adapter_defaults(values: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 
-from mevqa import __version__
+from mevqa import __version__, process
 from mevqa.cli import app, ask, bench, cv, data, eval, models, serve, spot, train
 from mevqa.cli._args import with_flag
 from mevqa.errors import MevqaError
@@ -73,6 +73,9 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    console = argv is None  # the command line's call, not an in-process caller's: the process exits next
+    if console:
+        process.defer_collection()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # point at the help that lists the command's flags, not at the list of commands
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.captureWarnings(True)
         else:
             _quiet_libraries()
-        return _run(args, freeze=argv is None)
+        code = _run(args, freeze=console)
+    return process.exit_now(code) if console else code
 
 
 def _run(args: argparse.Namespace, freeze: bool) -> int:
@@ -104,7 +108,7 @@ def _run(args: argparse.Namespace, freeze: bool) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     finally:
-        if freeze:  # the command line's call: the process exits next
+        if freeze:  # the command line's call: the process exits next (the usual way, when exit_now cannot)
             # Python's last garbage collection walks every object torch, transformers and a loaded model
             # made (~1.5 s after the work is done, measured on a tiny model); frozen objects are skipped,
             # and the process's memory goes back to the system with it all the same

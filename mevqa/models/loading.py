@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
 
+from mevqa import process
 from mevqa.config import ModelSpec
 from mevqa.errors import InputError, MissingDependency, ModelError
 from mevqa.models import families
@@ -198,4 +199,5 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
         ) from None
     if quant is None:
         m.to(device)
+    process.started()
     return m.eval()
