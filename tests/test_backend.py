@@ -160,6 +160,35 @@ def test_several_clips_in_one_batch_answer_as_apart(backend_of, clips, synthme, 
     assert vision_runs == (3 if FAMILY_TABLE[family].shared_prefix else 1)
 
 
+@pytest.mark.parametrize("family", [f for f in FAMILIES if FAMILY_TABLE[f].shared_prefix])
+def test_clips_of_one_prefix_length_are_prefilled_in_one_forward(backend_of, synthme, family):
+    """Three SynthME clips (the same size and frames: prefixes of one length) prefilled together: the vision
+    tower runs once for the three, and every answer equals the one asked alone."""
+    from mevqa.inputs import visual_parts
+    from mevqa.prompts import TEMPLATE_EXAMPLES
+
+    backend, cfg = backend_of(family), FrameConfig(frames=4)
+    reqs = []
+    for c, path in enumerate(sorted((synthme / "frames").iterdir())[:3]):
+        parts = visual_parts(sample(path, cfg), cfg)
+        reqs += [
+            VQARequest(f"{c}.{i}", (Message.user(*parts, q),), prefix_key=c)
+            for i, q in enumerate(TEMPLATE_EXAMPLES[:2])
+        ]
+    gen = GenConfig(max_new_tokens=8)
+    calls = []
+    tower = backend.model.get_submodule(FAMILY_TABLE[family].vision_modules[0])
+    hook = tower.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        together = [a.text for a in backend.generate(reqs, gen)]
+        vision_runs = sum(calls)
+        apart = [a.text for r in reqs for a in backend.generate([r], gen)]
+    finally:
+        hook.remove()
+    assert together == apart and all(together)
+    assert vision_runs == 1
+
+
 # ---------------------------------------------------------------- the contract: seeds, keys, failures
 def _clip_requests(clips, synthme, questions=3):
     """Three clips' questions, each clip's under its own prefix key, each question with its own seed."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from itertools import accumulate
 
 from mevqa.backends.base import VQARequest
-from mevqa.backends.prefix_batch import Group, cut, layout, plan
+from mevqa.backends.prefix_batch import Group, cut, layout, plan, prefill_groups
 from mevqa.prompts import Message
 
 
@@ -75,3 +75,10 @@ def test_every_row_sits_where_it_would_sit_alone():
         positions = [c - 1 for c, m in zip(accumulate(row_mask), row_mask) if m]
         assert positions == list(range(len(prefix) + len(suffix)))
         assert row_ids[width - len(suffix) :] == suffix  # the question ends the row: decoding continues it
+
+
+def test_prefill_groups_join_runs_of_one_length_within_the_budget():
+    assert prefill_groups([5, 5, 5, 7, 5, 5], budget=100) == [[0, 1, 2], [3], [4, 5]]
+    assert prefill_groups([5, 5, 5, 5, 5], budget=10) == [[0, 1], [2, 3], [4]]
+    assert prefill_groups([50, 50], budget=10) == [[0], [1]]  # longer than the budget: alone
+    assert prefill_groups([]) == []

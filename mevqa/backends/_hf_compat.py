@@ -28,22 +28,41 @@ CACHE_KW = (
 )
 
 
+def concat(inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Processor outputs of several prompts as one batch: every tensor joined on its first dimension, as the
+    processor joins them (the prompts' rows; the images' patches and grids, in order); a list (a video's
+    seconds per grid) joined as a list."""
+    if len(inputs) == 1:
+        return inputs[0]
+    return {
+        k: torch.cat([x[k] for x in inputs]) if torch.is_tensor(v) else [e for x in inputs for e in x[k]]
+        for k, v in inputs[0].items()
+    }
+
+
 def prefill(model: torch.nn.Module, inputs: dict[str, Any]) -> Any:
     """One forward over a prefix (images included): its KV cache."""
     return getattr(model(**inputs, use_cache=True), CACHE_KW)
 
 
-def stack_caches(caches: list[Any], repeats: list[int], length: int) -> DynamicCache:
-    """(2) Per-clip KV caches as one: each left-padded with zeros (masked) to `length` and repeated once
-    per question of its clip."""
+def kv_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(2) A cache's (keys, values) per layer, each shaped (batch, kv heads, length, head dim)."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def stack_caches(
+    caches: list[list[tuple[torch.Tensor, torch.Tensor]]], repeats: list[int], length: int
+) -> DynamicCache:
+    """(2) Per-clip KV caches (`kv_layers`, batch 1) as one: each left-padded with zeros (masked) to
+    `length` and repeated once per question of its clip."""
 
     def pad(t: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0))
 
     layers = []
-    for per_clip in zip(*(c.layers for c in caches)):
-        keys = torch.cat([pad(x.keys).repeat_interleave(k, 0) for x, k in zip(per_clip, repeats)])
-        values = torch.cat([pad(x.values).repeat_interleave(k, 0) for x, k in zip(per_clip, repeats)])
+    for per_clip in zip(*caches):
+        keys = torch.cat([pad(k).repeat_interleave(n, 0) for (k, _), n in zip(per_clip, repeats)])
+        values = torch.cat([pad(v).repeat_interleave(n, 0) for (_, v), n in zip(per_clip, repeats)])
         layers.append((keys, values))
     return DynamicCache(ddp_cache_data=layers)
 

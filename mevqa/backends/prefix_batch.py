@@ -125,6 +125,27 @@ def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
+# The most prefix tokens one prefill forward takes. Clips are prefilled together up to it: one forward for
+# many clips instead of one each (150 questions on 24 clips, tiny model, one thread: answering 0.80 ->
+# 0.69 s, medians of 5 alternating, answers identical), and no further, so the activations of one forward
+# stay those of a few long prompts (a 7B model's MLP holds ~110 KB a token a layer in bf16).
+PREFILL_TOKENS = 4096
+
+
+def prefill_groups(lengths: Sequence[int], budget: int = PREFILL_TOKENS) -> list[list[int]]:
+    """Which prefixes (by index; `lengths` in tokens) are prefilled in one forward: runs of consecutive ones
+    of equal length, at most `budget` tokens together (one alone when longer). Equal lengths need no
+    padding, so each row of the forward is computed as it would be alone. Pure."""
+    groups: list[list[int]] = []
+    for i, n in enumerate(lengths):
+        last = groups[-1] if groups else None
+        if last and lengths[last[0]] == n and (len(last) + 1) * n <= budget:
+            last.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 @torch.inference_mode()
 def generate_shared(
     model: torch.nn.Module, jobs: list[Job], pad_id: int, rope_path: str | None, **generate_kwargs: Any
@@ -133,16 +154,19 @@ def generate_shared(
     per question, job by job.
 
     `rope_path`: where the model keeps multimodal RoPE offsets (`Family.rope_deltas`), which each row gets
-    from its own clip; None for plain RoPE. A prefix is processed alone (no padding), so its mask is ones.
+    from its own clip; None for plain RoPE. Prefixes of equal length are prefilled together
+    (`prefill_groups`); none is padded, so their masks are ones.
     """
     device = next(model.parameters()).device
     holder = hfc.rope_holder(model, rope_path)
     caches, deltas, prefixes = [], [], []
-    for job in jobs:
-        inputs = _to(job.inputs, device)
-        caches.append(hfc.prefill(model, inputs))
-        deltas.append(hfc.rope_deltas(holder))
-        prefixes.append(inputs["input_ids"][0].tolist())
+    for group in prefill_groups([j.inputs["input_ids"].shape[1] for j in jobs]):
+        inputs = _to(hfc.concat([jobs[i].inputs for i in group]), device)
+        kv, offsets = hfc.kv_layers(hfc.prefill(model, inputs)), hfc.rope_deltas(holder)
+        for b in range(len(group)):
+            caches.append([(k[b : b + 1], v[b : b + 1]) for k, v in kv])
+            deltas.append(None if offsets is None else offsets[b : b + 1])
+            prefixes.append(inputs["input_ids"][b].tolist())
     ids, mask = layout(prefixes, [j.suffixes for j in jobs], pad_id)
     repeats = [len(j.suffixes) for j in jobs]
     cache = hfc.stack_caches(caches, repeats, max(map(len, prefixes)))
