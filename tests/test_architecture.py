@@ -23,7 +23,7 @@ SCRIPT_NAMES = {p.name for p in SCRIPTS}
 # or a script at the repository root ("app.py"); a module imports only from its own layer or below, also
 # inside functions and through registry strings ("mevqa.backends.hf:TransformersBackend").
 LAYERS = [
-    {"__init__", "errors", "facs", "io"},
+    {"__init__", "errors", "facs", "io", "process"},
     {"config"},
     {"prompts"},
     {"video", "models", "face", "dist"},

@@ -128,24 +128,25 @@ def test_shared_prefix_gives_the_same_answers(backend_of, clips, family, mode):
     assert vision_pixels == one_clip * (1 if FAMILY_TABLE[family].shared_prefix else len(reqs))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_several_clips_in_one_batch_answer_as_apart(backend_of, clips, synthme, family):
-    """Clips of different prefix lengths (4, 6 and 3 frames) batched together: each clip's images go
-    through the model once, and every answer equals the one asked alone."""
+def _requests(sources: list, questions: int, seeded: bool = False) -> list[VQARequest]:
+    """`questions` template questions about each (clip, frames) of `sources`, each clip's under its own
+    prefix key; `seeded`: each question with its own seed."""
     from mevqa.inputs import visual_parts
     from mevqa.prompts import TEMPLATE_EXAMPLES
 
-    backend = backend_of(family)
-    sources = [(clips["mp4"], 4), (clips["folder"], 6), (sorted((synthme / "frames").iterdir())[0], 3)]
     reqs = []
     for c, (path, n) in enumerate(sources):
         cfg = FrameConfig(frames=n)
         parts = visual_parts(sample(path, cfg), cfg)
-        reqs += [
-            VQARequest(f"{c}.{i}", (Message.user(*parts, q),), prefix_key=c)
-            for i, q in enumerate(TEMPLATE_EXAMPLES[:3])
-        ]
-    gen = GenConfig(max_new_tokens=10)
+        for i, q in enumerate(TEMPLATE_EXAMPLES[:questions]):
+            seed = 1000 * c + i if seeded else None
+            reqs.append(VQARequest(f"{c}.{i}", (Message.user(*parts, q),), prefix_key=c, seed=seed))
+    return reqs
+
+
+def _together_and_apart(backend, family: str, reqs: list, gen: GenConfig) -> tuple[list, int, list]:
+    """The answers of `reqs` in one batch, how many times the vision tower ran for it, and the answers of
+    each request asked alone."""
     calls = []
     tower = backend.model.get_submodule(FAMILY_TABLE[family].vision_modules[0])
     hook = tower.register_forward_pre_hook(lambda m, a: calls.append(1))
@@ -155,6 +156,18 @@ def test_several_clips_in_one_batch_answer_as_apart(backend_of, clips, synthme, 
         apart = [a.text for r in reqs for a in backend.generate([r], gen)]
     finally:
         hook.remove()
+    return together, vision_runs, apart
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_several_clips_in_one_batch_answer_as_apart(backend_of, clips, synthme, family):
+    """Clips of different prefix lengths (4, 6 and 3 frames) batched together: each clip's images go
+    through the model once, and every answer equals the one asked alone."""
+    backend = backend_of(family)
+    sources = [(clips["mp4"], 4), (clips["folder"], 6), (sorted((synthme / "frames").iterdir())[0], 3)]
+    reqs = _requests(sources, 3)
+    gen = GenConfig(max_new_tokens=10)
+    together, vision_runs, apart = _together_and_apart(backend, family, reqs, gen)
     assert together == apart and all(together)
     # once per clip for nine questions; unshared, the batch's one plain call sees all the images at once
     assert vision_runs == (3 if FAMILY_TABLE[family].shared_prefix else 1)
@@ -164,27 +177,10 @@ def test_several_clips_in_one_batch_answer_as_apart(backend_of, clips, synthme, 
 def test_clips_of_one_prefix_length_are_prefilled_in_one_forward(backend_of, synthme, family):
     """Three SynthME clips (the same size and frames: prefixes of one length) prefilled together: the vision
     tower runs once for the three, and every answer equals the one asked alone."""
-    from mevqa.inputs import visual_parts
-    from mevqa.prompts import TEMPLATE_EXAMPLES
-
-    backend, cfg = backend_of(family), FrameConfig(frames=4)
-    reqs = []
-    for c, path in enumerate(sorted((synthme / "frames").iterdir())[:3]):
-        parts = visual_parts(sample(path, cfg), cfg)
-        reqs += [
-            VQARequest(f"{c}.{i}", (Message.user(*parts, q),), prefix_key=c)
-            for i, q in enumerate(TEMPLATE_EXAMPLES[:2])
-        ]
+    backend = backend_of(family)
+    reqs = _requests([(p, 4) for p in sorted((synthme / "frames").iterdir())[:3]], 2)
     gen = GenConfig(max_new_tokens=8)
-    calls = []
-    tower = backend.model.get_submodule(FAMILY_TABLE[family].vision_modules[0])
-    hook = tower.register_forward_pre_hook(lambda m, a: calls.append(1))
-    try:
-        together = [a.text for a in backend.generate(reqs, gen)]
-        vision_runs = sum(calls)
-        apart = [a.text for r in reqs for a in backend.generate([r], gen)]
-    finally:
-        hook.remove()
+    together, vision_runs, apart = _together_and_apart(backend, family, reqs, gen)
     assert together == apart and all(together)
     assert vision_runs == 1
 
@@ -192,19 +188,8 @@ def test_clips_of_one_prefix_length_are_prefilled_in_one_forward(backend_of, syn
 # ---------------------------------------------------------------- the contract: seeds, keys, failures
 def _clip_requests(clips, synthme, questions=3):
     """Three clips' questions, each clip's under its own prefix key, each question with its own seed."""
-    from mevqa.inputs import visual_parts
-    from mevqa.prompts import TEMPLATE_EXAMPLES
-
     sources = [clips["mp4"], clips["folder"], sorted((synthme / "frames").iterdir())[0]]
-    reqs = []
-    for c, path in enumerate(sources):
-        cfg = FrameConfig(frames=3)
-        parts = visual_parts(sample(path, cfg), cfg)
-        reqs += [
-            VQARequest(f"{c}.{i}", (Message.user(*parts, q),), prefix_key=c, seed=1000 * c + i)
-            for i, q in enumerate(TEMPLATE_EXAMPLES[:questions])
-        ]
-    return reqs
+    return _requests([(p, 3) for p in sources], questions, seeded=True)
 
 
 @pytest.mark.parametrize("samples", [1, 3])
