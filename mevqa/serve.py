@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import ipaddress
 import json
 import os
 import re
@@ -401,6 +402,22 @@ def _start(cmd: list[str], env: dict[str, str], engine: str, verbose: bool) -> t
     return proc, Relay(proc.stdout, log, echo=verbose)
 
 
+def open_to_all(p: ServePlan) -> str | None:
+    """The warning for a server that listens beyond this machine and checks no key: anyone who can reach
+    its port can use the model. None on a loopback address or with a key (vLLM checks it; a key with
+    `transformers serve`, which checks none, is refused before this)."""
+    try:
+        local = ipaddress.ip_address(p.host).is_loopback
+    except ValueError:  # a host name
+        local = p.host == "localhost"
+    if local or p.api_key:
+        return None
+    return (
+        f"warning: serving on {p.host} with no API key — anyone who can reach port {p.port} can use the "
+        "model; set --api-key / $MEVQA_API_KEY (--engine vllm checks it) or bind 127.0.0.1"
+    )
+
+
 def serve(
     p: ServePlan,
     engine: str,
@@ -417,6 +434,8 @@ def serve(
     if engine == "vllm":
         kv = p.kv_cache()
         note += f"  # KV cache {gib(kv.size) + ' GiB: ' if kv.size else ''}{kv.why}"
+    if warning := open_to_all(p):
+        print(warning, file=sys.stderr)
     if dry_run:
         print(shlex.join(cmd) + note)
         return 0

@@ -192,6 +192,21 @@ def test_dry_run_builds_a_vllm_command(adapters_dir, tiny_qwen):
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2" and "--enable-prefix-caching" in cmd
 
 
+@pytest.mark.parametrize(
+    "flags,warned",
+    [
+        ([], False),
+        (["--host", "0.0.0.0"], True),
+        (["--host", "::1"], False),
+        (["--host", "0.0.0.0", "--api-key", "k"], False),
+    ],
+)
+def test_serving_beyond_this_machine_without_a_key_warns(tiny_qwen, flags, warned):
+    r = cli("serve", "--model", tiny_qwen, "--dry-run", *flags)
+    assert r.returncode == 0, r.stderr
+    assert ("anyone who can reach port" in r.stderr) == warned, r.stderr
+
+
 def test_dry_run_refuses_bad_adapters(adapters_dir, tiny_qwen, tiny_idefics3, tmp_path):
     other = oao_adapter(tiny_qwen, tmp_path / "other", 8, base_name="Qwen/Qwen2.5-VL-7B-Instruct")
     r = cli("serve", "--model", tiny_qwen, "--adapter", f"other={other}", "--dry-run")

@@ -44,7 +44,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "folder's name; a bare NAME is a folder in --adapters-dir",
     )
     p.add_argument("--adapters-dir", help="serve every adapter folder in this directory")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="bind address (default: 127.0.0.1; another without --api-key warns: open to all who reach it)",
+    )
     p.add_argument("--port", type=int, default=8000, help="default: 8000")
     p.add_argument(
         "--api-key",
