@@ -79,6 +79,7 @@ def test_every_row_sits_where_it_would_sit_alone():
 
 def test_prefill_groups_join_runs_of_one_length_within_the_budget():
     assert prefill_groups([5, 5, 5, 7, 5, 5], budget=100) == [[0, 1, 2], [3], [4, 5]]
+    assert prefill_groups([5, 5, 5], ["a", "b", "b"]) == [[0], [1, 2]]  # tensors of other sides: apart
     assert prefill_groups([5, 5, 5, 5, 5], budget=10) == [[0, 1], [2, 3], [4]]
     assert prefill_groups([50, 50], budget=10) == [[0], [1]]  # longer than the budget: alone
     assert prefill_groups([]) == []

@@ -132,18 +132,30 @@ def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
 PREFILL_TOKENS = 4096
 
 
-def prefill_groups(lengths: Sequence[int], budget: int = PREFILL_TOKENS) -> list[list[int]]:
+def prefill_groups(
+    lengths: Sequence[int], shapes: Sequence[Hashable] | None = None, budget: int = PREFILL_TOKENS
+) -> list[list[int]]:
     """Which prefixes (by index; `lengths` in tokens) are prefilled in one forward: runs of consecutive ones
-    of equal length, at most `budget` tokens together (one alone when longer). Equal lengths need no
-    padding, so each row of the forward is computed as it would be alone. Pure."""
+    of equal length and equal `shapes` (what their tensors must share to be joined), at most `budget`
+    tokens together (one alone when longer). Equal lengths need no padding, so each row of the forward is
+    computed as it would be alone. Pure."""
+    shapes = shapes if shapes is not None else [None] * len(lengths)
     groups: list[list[int]] = []
     for i, n in enumerate(lengths):
-        last = groups[-1] if groups else None
-        if last and lengths[last[0]] == n and (len(last) + 1) * n <= budget:
+        last = groups[-1] if groups else []
+        if last and (lengths[last[0]], shapes[last[0]]) == (n, shapes[i]) and (len(last) + 1) * n <= budget:
             last.append(i)
         else:
             groups.append([i])
     return groups
+
+
+def _shapes(inputs: dict[str, Any]) -> tuple:
+    """What two prefixes' processor outputs must share to be joined on their first dimension (an image
+    tensor's sides: Idefics3's tiles are (batch, images, 3, H, W))."""
+    return tuple(
+        (k, tuple(v.shape[1:])) for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.dim() > 2
+    )
 
 
 @torch.inference_mode()
@@ -160,7 +172,8 @@ def generate_shared(
     device = next(model.parameters()).device
     holder = hfc.rope_holder(model, rope_path)
     caches, deltas, prefixes = [], [], []
-    for group in prefill_groups([j.inputs["input_ids"].shape[1] for j in jobs]):
+    lengths = [j.inputs["input_ids"].shape[1] for j in jobs]
+    for group in prefill_groups(lengths, [_shapes(j.inputs) for j in jobs]):
         inputs = _to(hfc.concat([jobs[i].inputs for i in group]), device)
         kv, offsets = hfc.kv_layers(hfc.prefill(model, inputs)), hfc.rope_deltas(holder)
         for b in range(len(group)):
